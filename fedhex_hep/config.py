@@ -1,0 +1,415 @@
+"""TOML run configuration: load, validate, override and write back.
+
+Replaces the old ``defs.py``: every run parameter lives in a TOML file (the packaged
+``default.toml`` supplies defaults), options given on the command line override it, and the
+fully resolved configuration is written next to every artefact.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "ColumnTransform",
+    "InputConfig",
+    "PreprocessingConfig",
+    "ModelConfig",
+    "TrainingConfig",
+    "GenerationConfig",
+    "OutputConfig",
+    "Config",
+    "default_config_text",
+    "load_config",
+    "config_from_dict",
+    "parse_override",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line naming the offending key."""
+
+
+@dataclass
+class ColumnTransform:
+    """Invertible preprocessing of one column: ``standardise(transform(x / relative_to))``."""
+
+    relative_to: str = ""
+    transform: str = "none"
+    bounds: list[float] = field(default_factory=list)
+    standardise: bool = True
+
+
+@dataclass
+class InputConfig:
+    paths: list[str] = field(default_factory=list)
+    treename: str = "Events"
+    schema: str = "base"
+    selection: str = ""
+    weight: str = ""
+    min_events_per_label: int = 0
+    skip_bad_files: bool = True
+    max_depth: int = 6
+    chunksize: int = 100000
+    nonfinite: str = "drop"
+    features: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PreprocessingConfig:
+    features: dict[str, ColumnTransform] = field(default_factory=dict)
+    labels: dict[str, ColumnTransform] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "maf"
+    n_blocks: int = 5
+    hidden_units: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "relu"
+    log_scale_bound: float = 3.0
+    spline_bins: int = 8
+    spline_range: float = 5.0
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 40
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-4
+    decay_epochs: int = 40
+    validation_fraction: float = 0.2
+    patience: int = 15
+    checkpoint_every: int = 10
+    seed: int = 42
+
+
+@dataclass
+class GenerationConfig:
+    method: str = "flow"
+    n_events: int = 20000
+    batch_size: int = 100000
+    seed: int = 1
+    labels: list[list[float]] = field(default_factory=list)
+    max_tries: int = 100
+    ranges: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class OutputConfig:
+    directory: str = "output"
+    bins: int = 40
+    plot_formats: list[str] = field(default_factory=lambda: ["png"])
+
+
+@dataclass
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.input.features)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.input.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (TOML-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The fully resolved configuration as TOML text."""
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    def write(self, path: str | Path) -> Path:
+        """Write the resolved configuration atomically to ``path``."""
+        from fedhex_hep.atomic import atomic_write_text
+
+        return atomic_write_text(path, self.to_toml())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A new, validated Config with dotted-key overrides applied (``{"training.epochs": 5}``)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return config_from_dict(data, _complete=True)
+
+
+# Tables whose keys are user-chosen names: a user's table replaces the default one whole
+# instead of being merged key by key (otherwise default feature names would leak in).
+_FREE_TABLES = {
+    ("input", "features"),
+    ("input", "labels"),
+    ("preprocessing", "features"),
+    ("preprocessing", "labels"),
+    ("generation", "ranges"),
+}
+
+_CHOICES = {
+    "input.schema": ("base", "nanoaod"),
+    "input.nonfinite": ("drop", "error"),
+    "model.kind": ("maf", "spline"),
+    "model.activation": ("relu", "tanh", "elu", "gelu", "silu", "sigmoid"),
+    "generation.method": ("flow", "morph"),
+    "transform": ("none", "log", "logit"),
+    "output.plot_formats": ("png", "pdf", "svg"),
+}
+
+_POSITIVE = {
+    "input.chunksize",
+    "input.max_depth",
+    "model.n_blocks",
+    "model.log_scale_bound",
+    "model.spline_bins",
+    "model.spline_range",
+    "training.epochs",
+    "training.batch_size",
+    "training.learning_rate",
+    "training.final_learning_rate",
+    "training.decay_epochs",
+    "training.checkpoint_every",
+    "generation.n_events",
+    "generation.batch_size",
+    "generation.max_tries",
+    "output.bins",
+}
+_NON_NEGATIVE = {"input.min_events_per_label", "training.patience"}
+
+
+def default_config_text() -> str:
+    """The packaged default configuration (TOML text)."""
+    return resources.files("fedhex_hep").joinpath("default.toml").read_text()
+
+
+def _defaults_dict() -> dict[str, Any]:
+    return tomllib.loads(default_config_text())
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load ``path`` (or only the packaged defaults when None) merged over the defaults.
+
+    ``overrides`` maps dotted keys to values and wins over the file. Raises ConfigError with
+    a one-line message naming the offending key.
+    """
+    user: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            user = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(user, key, value)
+    return config_from_dict(user)
+
+
+def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
+    """Validate a (partial) nested dict, merged over the packaged defaults unless complete."""
+    if _complete:
+        merged = copy.deepcopy(data)
+    else:
+        merged = _merge(_defaults_dict(), data, ())
+        names_changed = any(k in data.get("input", {}) for k in ("features", "labels"))
+        if names_changed and "preprocessing" not in data:
+            # Default per-column preprocessing names the reference analysis's columns only.
+            merged["preprocessing"] = {"features": {}, "labels": {}}
+    config = _build(Config, merged, "")
+    _check_consistency(config)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key.sub=value`` (value in TOML syntax; bare words are strings)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is not a table")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], user: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in user.items():
+        sub = path + (key,)
+        if sub in _FREE_TABLES or not (isinstance(value, dict) and isinstance(out.get(key), dict)):
+            out[key] = copy.deepcopy(value)
+        else:
+            out[key] = _merge(out[key], value, sub)
+    return out
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix}' must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            full = f"{prefix}.{key}" if prefix else key
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"config key '{full}': unknown key{hint}; allowed here: {allowed}")
+    kwargs = {}
+    for name in known:
+        if name in data:
+            full = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(hints[name], data[name], full)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (list,):
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict,):
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a table, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {tp}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)}")
+
+
+def _get(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def _check_consistency(config: Config) -> None:
+    for key in _POSITIVE:
+        value = _get(config, key)
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
+    for key in _NON_NEGATIVE:
+        value = _get(config, key)
+        if value < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
+    for key in ("input.schema", "input.nonfinite", "model.kind", "model.activation", "generation.method"):
+        _check_choice(key, _get(config, key), _CHOICES[key])
+    for fmt in config.output.plot_formats:
+        _check_choice("output.plot_formats", fmt, _CHOICES["output.plot_formats"])
+    if not 0.0 <= config.training.validation_fraction < 1.0:
+        raise ConfigError(
+            f"config key 'training.validation_fraction' must be in [0, 1), got {config.training.validation_fraction!r}"
+        )
+    if config.training.final_learning_rate > config.training.learning_rate:
+        raise ConfigError("config key 'training.final_learning_rate' must not exceed 'training.learning_rate'")
+    if not config.model.hidden_units or any(u <= 0 for u in config.model.hidden_units):
+        raise ConfigError("config key 'model.hidden_units' must be a non-empty list of positive integers")
+
+    features, labels = config.input.features, config.input.labels
+    if not features:
+        raise ConfigError("config key 'input.features' is empty: name at least one feature")
+    if not labels:
+        raise ConfigError("config key 'input.labels' is empty: name at least one label")
+    overlap = set(features) & set(labels)
+    if overlap:
+        raise ConfigError(f"config key 'input.labels': name {sorted(overlap)[0]!r} is also a feature")
+    if "weight" in features or "weight" in labels:
+        raise ConfigError("config key 'input.features': the column name 'weight' is reserved")
+    for section, names in (("features", features), ("labels", labels)):
+        for name, expr in names.items():
+            if not name.isidentifier():
+                raise ConfigError(f"config key 'input.{section}.{name}': column names must be identifiers")
+            if not isinstance(expr, str) or not expr.strip():
+                raise ConfigError(f"config key 'input.{section}.{name}' must be a non-empty expression")
+
+    for section, allowed in (("features", features), ("labels", labels)):
+        for name, column in getattr(config.preprocessing, section).items():
+            key = f"preprocessing.{section}.{name}"
+            if name not in allowed:
+                close = difflib.get_close_matches(name, list(allowed), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"config key '{key}': no {section[:-1]} named {name!r}{hint}")
+            _check_choice(f"{key}.transform", column.transform, _CHOICES["transform"])
+            if column.relative_to and column.relative_to not in labels:
+                raise ConfigError(f"config key '{key}.relative_to': {column.relative_to!r} is not a label")
+            if column.transform == "logit":
+                if len(column.bounds) != 2 or not column.bounds[0] < column.bounds[1]:
+                    raise ConfigError(f"config key '{key}.bounds' must be [min, max] with min < max for logit")
+
+    for i, point in enumerate(config.generation.labels):
+        if len(point) != len(labels):
+            raise ConfigError(
+                f"config key 'generation.labels[{i}]' has {len(point)} values, expected {len(labels)} "
+                f"({', '.join(labels)})"
+            )
+    for name, bounds in config.generation.ranges.items():
+        key = f"generation.ranges.{name}"
+        if name not in features:
+            close = difflib.get_close_matches(name, list(features), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config key '{key}': no feature named {name!r}{hint}")
+        if len(bounds) != 2 or not bounds[0] < bounds[1]:
+            raise ConfigError(f"config key '{key}' must be [min, max] with min < max, got {bounds!r}")

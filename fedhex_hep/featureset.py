@@ -1,0 +1,180 @@
+"""FeatureSet: the events that flow between the pipeline's stages.
+
+An awkward record array with one field per feature, one per label and ``weight``, plus a
+JSON-serialisable metadata dict (resolved config, cutflow, skipped files, package version).
+Saved as parquet; the metadata travels in the parquet file's key-value metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from fedhex_hep.atomic import atomic_path
+
+__all__ = ["FeatureSet", "FeatureSetError", "METADATA_KEY"]
+
+METADATA_KEY = b"fedhex_hep"
+
+
+class FeatureSetError(ValueError):
+    """A FeatureSet file or content problem; the message names the file or column."""
+
+
+@dataclass
+class FeatureSet:
+    """Events with features, labels and weights (flat, one row per event).
+
+    ``events`` has fields ``feature_names + label_names + ["weight"]`` (float64).
+    """
+
+    events: ak.Array
+    feature_names: list[str]
+    label_names: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fields = set(ak.fields(self.events))
+        for name in [*self.feature_names, *self.label_names, "weight"]:
+            if name not in fields:
+                raise FeatureSetError(f"FeatureSet has no column {name!r} (columns: {sorted(fields)})")
+
+    @classmethod
+    def from_numpy(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray,
+        feature_names: Sequence[str],
+        label_names: Sequence[str],
+        weights: np.ndarray | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> "FeatureSet":
+        """Build from 2D arrays of shape (n_events, n_features) and (n_events, n_labels)."""
+        features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
+        if features.shape[1] != len(feature_names) or labels.shape[1] != len(label_names):
+            raise FeatureSetError("column count does not match the number of names")
+        if weights is None:
+            weights = np.ones(len(features))
+        columns = {name: features[:, i] for i, name in enumerate(feature_names)}
+        columns.update({name: labels[:, i] for i, name in enumerate(label_names)})
+        columns["weight"] = np.asarray(weights, dtype=np.float64)
+        return cls(ak.zip(columns), list(feature_names), list(label_names), dict(metadata or {}))
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def column(self, name: str) -> np.ndarray:
+        return ak.to_numpy(self.events[name]).astype(np.float64)
+
+    @property
+    def features(self) -> np.ndarray:
+        """Features, shape (n_events, n_features)."""
+        return np.stack([self.column(n) for n in self.feature_names], axis=1)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels, shape (n_events, n_labels)."""
+        return np.stack([self.column(n) for n in self.label_names], axis=1)
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.column("weight")
+
+    def label_points(self) -> np.ndarray:
+        """Distinct label points (mass points), sorted, shape (n_points, n_labels)."""
+        return np.unique(self.labels, axis=0)
+
+    def mask_label(self, point: Sequence[float], rtol: float = 1e-6) -> np.ndarray:
+        """Boolean mask of the events at label point ``point``."""
+        point = np.asarray(point, dtype=np.float64)
+        return np.all(np.isclose(self.labels, point, rtol=rtol, atol=0.0), axis=1)
+
+    def select(self, mask: np.ndarray) -> "FeatureSet":
+        return FeatureSet(self.events[mask], self.feature_names, self.label_names, dict(self.metadata))
+
+    def at_label(self, point: Sequence[float]) -> "FeatureSet":
+        """The events at one label point."""
+        return self.select(self.mask_label(point))
+
+    def counts_per_label(self) -> tuple[np.ndarray, np.ndarray]:
+        """(points, counts): distinct label points and the number of events at each."""
+        return np.unique(self.labels, axis=0, return_counts=True)
+
+    def drop_nonfinite(self) -> tuple["FeatureSet", int]:
+        """Drop events with NaN/inf in any feature, label or weight; return (kept, n_dropped)."""
+        columns = [*self.feature_names, *self.label_names, "weight"]
+        good = np.all(np.stack([np.isfinite(self.column(c)) for c in columns], axis=1), axis=1)
+        return self.select(good), int((~good).sum())
+
+    def nonfinite_counts(self) -> dict[str, int]:
+        """Number of NaN/inf values per column (only columns that have some)."""
+        counts = {}
+        for name in [*self.feature_names, *self.label_names, "weight"]:
+            n = int((~np.isfinite(self.column(name))).sum())
+            if n:
+                counts[name] = n
+        return counts
+
+    def drop_sparse_labels(self, min_events: int) -> tuple["FeatureSet", list[dict[str, Any]]]:
+        """Drop label points with fewer than ``min_events`` events (the old ``thresh``).
+
+        Returns (kept, dropped) where dropped lists ``{"label": {...}, "events": n}``.
+        """
+        points, counts = self.counts_per_label()
+        keep = np.zeros(len(self), dtype=bool)
+        dropped = []
+        for point, count in zip(points, counts):
+            if count >= min_events:
+                keep |= self.mask_label(point)
+            else:
+                dropped.append({"label": dict(zip(self.label_names, map(float, point))), "events": int(count)})
+        return self.select(keep), dropped
+
+    def concatenate(self, other: "FeatureSet") -> "FeatureSet":
+        if (other.feature_names, other.label_names) != (self.feature_names, self.label_names):
+            raise FeatureSetError("cannot concatenate FeatureSets with different columns")
+        columns = [*self.feature_names, *self.label_names, "weight"]
+        events = ak.concatenate([self.events[columns], other.events[columns]])
+        return FeatureSet(events, self.feature_names, self.label_names, dict(self.metadata))
+
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write parquet atomically; metadata goes into the file's key-value metadata."""
+        import pyarrow.parquet as pq
+
+        columns = [*self.feature_names, *self.label_names, "weight"]
+        table = ak.to_arrow_table(self.events[columns], extensionarray=False)
+        meta = {
+            "feature_names": self.feature_names,
+            "label_names": self.label_names,
+            "metadata": self.metadata,
+        }
+        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            pq.write_table(table, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSet":
+        """Read a FeatureSet written by :meth:`save`."""
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if not path.exists():
+            raise FeatureSetError(f"FeatureSet file {path} does not exist")
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several unrelated types for bad files
+            raise FeatureSetError(f"{path} is not a readable parquet file: {exc}") from None
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise FeatureSetError(f"{path} has no fedhex_hep metadata (not written by fedhex-hep?)")
+        meta = json.loads(raw)
+        events = ak.from_arrow(table)
+        return cls(events, meta["feature_names"], meta["label_names"], meta.get("metadata", {}))

@@ -1,0 +1,1 @@
+"""Coffea processors of fedhex-hep: feature extraction and flow-based generation."""
