@@ -62,8 +62,8 @@ class FeatureSet:
             raise FeatureSetError("column count does not match the number of names")
         if weights is None:
             weights = np.ones(len(features))
-        columns = {name: features[:, i] for i, name in enumerate(feature_names)}
-        columns.update({name: labels[:, i] for i, name in enumerate(label_names)})
+        columns = {name: np.ascontiguousarray(features[:, i]) for i, name in enumerate(feature_names)}
+        columns.update({name: np.ascontiguousarray(labels[:, i]) for i, name in enumerate(label_names)})
         columns["weight"] = np.asarray(weights, dtype=np.float64)
         return cls(ak.zip(columns), list(feature_names), list(label_names), dict(metadata or {}))
 
@@ -146,10 +146,11 @@ class FeatureSet:
 
     def save(self, path: str | Path, overwrite: bool = True) -> Path:
         """Write parquet atomically; metadata goes into the file's key-value metadata."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         columns = [*self.feature_names, *self.label_names, "weight"]
-        table = ak.to_arrow_table(self.events[columns], extensionarray=False)
+        table = pa.table({name: self.column(name) for name in columns})
         meta = {
             "feature_names": self.feature_names,
             "label_names": self.label_names,
@@ -176,5 +177,5 @@ class FeatureSet:
         if raw is None:
             raise FeatureSetError(f"{path} has no fedhex_hep metadata (not written by fedhex-hep?)")
         meta = json.loads(raw)
-        events = ak.from_arrow(table)
+        events = ak.zip({name: table.column(name).to_numpy() for name in table.column_names})
         return cls(events, meta["feature_names"], meta["label_names"], meta.get("metadata", {}))
