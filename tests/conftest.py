@@ -1,0 +1,56 @@
+"""Shared pytest fixtures: real NanoAOD files, the shipped demo grid, a fast configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def nanoaod_dir() -> Path:
+    """The real CMS NanoAOD files shipped beside the project in ../shared/data/nanoaod."""
+    path = REPO.parent / "shared" / "data" / "nanoaod"
+    if not path.is_dir():
+        pytest.skip(f"real NanoAOD files not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """The demo signal grid shipped in data/demo."""
+    path = REPO / "data" / "demo"
+    if not any(path.glob("*/*.root")):
+        pytest.fail(f"demo grid missing in {path}: run the command in README.md to regenerate it")
+    return path
+
+
+@pytest.fixture()
+def tiny_config():
+    """A Config for a fast run: small model, 3 epochs, the demo grid as input."""
+    from fedhex_hep.config import load_config
+
+    return load_config(
+        overrides={
+            "input.paths": [str(REPO / "data" / "demo")],
+            "model.n_blocks": 2,
+            "model.hidden_units": [16, 16],
+            "training.epochs": 3,
+            "training.decay_epochs": 3,
+            "training.checkpoint_every": 1,
+            "training.patience": 0,
+            "generation.n_events": 2000,
+        }
+    )
