@@ -234,6 +234,9 @@ def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
         if names_changed and "preprocessing" not in data:
             # Default per-column preprocessing names the reference analysis's columns only.
             merged["preprocessing"] = {"features": {}, "labels": {}}
+        if names_changed and "labels" not in data.get("generation", {}):
+            # Default generation points have one value per reference-analysis label.
+            merged["generation"]["labels"] = []
     config = _build(Config, merged, "")
     _check_consistency(config)
     return config

@@ -1,0 +1,108 @@
+"""Configuration: defaults, overrides, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from fedhex_hep.config import ConfigError, config_from_dict, default_config_text, load_config, parse_override
+
+
+def test_defaults_match_reference_analysis():
+    cfg = load_config()
+    assert cfg.input.selection == "CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220"
+    assert cfg.input.features == {"phi": "CBL_RecoPhi_mass", "omega": "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]"}
+    assert cfg.input.labels == {"labelphi": "GenPhi_mass[0]", "labelomega": "GenOmega_mass[0]"}
+    assert cfg.input.min_events_per_label == 150
+    assert cfg.preprocessing.features["phi"].relative_to == "labelphi"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"training.epocs": 5}, "'training.epocs': unknown key (did you mean 'training.epochs'?)"),
+        ({"trainin": {"epochs": 5}}, "'trainin': unknown key (did you mean 'training'?)"),
+        ({"training.epochs": "5"}, "'training.epochs' must be an integer, got str '5'"),
+        ({"training.learning_rate": "fast"}, "'training.learning_rate' must be a number"),
+        ({"training.epochs": True}, "'training.epochs' must be an integer"),
+        ({"training.epochs": -3}, "'training.epochs' must be > 0, got -3"),
+        ({"model.kind": "splin"}, "'model.kind' = 'splin' is not one of maf, spline (did you mean 'spline'?)"),
+        ({"input.features": {}}, "'input.features' is empty"),
+        ({"input.paths": "data"}, "'input.paths' must be a list"),
+        ({"generation.ranges": {"phi": [5.0, 1.0]}}, "'generation.ranges.phi' must be [min, max] with min < max"),
+        ({"generation.ranges": {"phii": [1.0, 5.0]}}, "no feature named 'phii' (did you mean 'phi'?)"),
+        ({"generation.labels": [[1.0]]}, "'generation.labels[0]' has 1 values, expected 2"),
+        ({"training.validation_fraction": 1.5}, "'training.validation_fraction' must be in [0, 1)"),
+        ({"preprocessing.features.phi.relative_to": "nolabel"}, "'nolabel' is not a label"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(overrides=overrides)
+    text = str(excinfo.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_bad_file_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training\nepochs = 3\n")
+    with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="missing.toml does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_file_values_override_defaults_and_cli_overrides_win(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[training]\nepochs = 7\nseed = 3\n")
+    cfg = load_config(path, overrides={"training.seed": 11})
+    assert cfg.training.epochs == 7
+    assert cfg.training.seed == 11
+    assert cfg.training.batch_size == load_config().training.batch_size
+
+
+def test_user_feature_table_replaces_default_and_drops_default_preprocessing():
+    cfg = config_from_dict({"input": {"features": {"mass": "Muon_pt[0]"}, "labels": {"m": "mass_point"}}})
+    assert cfg.feature_names == ["mass"]
+    assert cfg.label_names == ["m"]
+    assert cfg.preprocessing.features == {}
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(overrides={"training.epochs": 9, "generation.ranges": {"phi": [100.0, 4000.0]}})
+    path = cfg.write(tmp_path / "config.toml")
+    again = load_config(path)
+    assert again == cfg
+    assert tomllib.loads(path.read_text())["training"]["epochs"] == 9
+
+
+def test_with_overrides_validates():
+    cfg = load_config()
+    assert cfg.with_overrides({"training.epochs": 2}).training.epochs == 2
+    with pytest.raises(ConfigError, match="'model.n_blocks' must be > 0"):
+        cfg.with_overrides({"model.n_blocks": 0})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("training.epochs=5", ("training.epochs", 5)),
+        ("training.learning_rate=3e-4", ("training.learning_rate", 3e-4)),
+        ("input.paths=['a', 'b']", ("input.paths", ["a", "b"])),
+        ("model.kind=spline", ("model.kind", "spline")),
+        ("input.skip_bad_files=false", ("input.skip_bad_files", False)),
+    ],
+)
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_parse_override_needs_equals():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("training.epochs")
+
+
+def test_default_text_is_valid_toml():
+    assert "input" in tomllib.loads(default_config_text())
