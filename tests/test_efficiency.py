@@ -1,0 +1,120 @@
+"""Selection efficiency from the cutflow and its smooth interpolation in the masses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import expit
+
+from fedhex_hep.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
+
+LABELS = ["labelphi", "labelomega"]
+
+
+def true_eff(points: np.ndarray) -> np.ndarray:
+    """A smooth efficiency: a turn-on in m_phi, a mild slope in m_omega (exactly logistic-quadratic)."""
+    lphi, lom = np.log(points[:, 0] / 1500.0), np.log(points[:, 1] / 5.0)
+    return expit(0.3 + 1.8 * lphi - 0.9 * lphi**2 + 0.25 * lom)
+
+
+def grid() -> np.ndarray:
+    phis = [500.0, 1000.0, 1500.0, 2000.0, 3000.0]
+    omegas = [1.0, 2.0, 5.0, 10.0]
+    return np.array([(p, o) for p in phis for o in omegas])
+
+
+def test_table_from_cutflow_binomial_errors():
+    cutflow = {
+        "per_label": [
+            {"label": {"labelphi": 1000.0, "labelomega": 2.0}, "read": 1000, "selected": 400},
+            {"label": {"labelphi": 1000.0, "labelomega": 2.0}, "read": 1000, "selected": 500},  # 2nd file
+            {"label": {"labelphi": 2000.0, "labelomega": 2.0}, "read": 500, "selected": 0},
+        ]
+    }
+    table = selection_efficiency(cutflow)
+    assert table.label_names == LABELS
+    np.testing.assert_allclose(table.points, [[1000.0, 2.0], [2000.0, 2.0]])
+    np.testing.assert_allclose(table.eff, [900 / 2000, 0.0])
+    p = (900.5) / 2001
+    assert table.err[0] == pytest.approx(np.sqrt(p * (1 - p) / 2000))
+    assert table.err[1] > 0  # never zero, even at 0%
+    # Clopper-Pearson against scipy's beta quantiles, computed independently
+    assert table.lo[0] == pytest.approx(stats.beta.ppf(0.158655, 900, 1101), rel=1e-4)
+    assert table.hi[0] == pytest.approx(stats.beta.ppf(1 - 0.158655, 901, 1100), rel=1e-4)
+    assert table.lo[1] == 0.0 and 0 < table.hi[1] < 0.01
+    again = EfficiencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    np.testing.assert_allclose(again.eff, table.eff)
+
+
+def test_cutflow_list_layout_with_label_names():
+    table = selection_efficiency([{"label": [1000.0, 2.0], "events": 10, "passed": 5}], LABELS)
+    assert table.eff.tolist() == [0.5]
+
+
+@pytest.mark.parametrize(
+    "cutflow, message",
+    [
+        ({"per_label": [{"label": {"labelphi": 1.0}, "selected": 1}]}, "no read count"),
+        ({"per_label": [{"read": 3, "selected": 1}]}, "no 'label'"),
+        ({"per_label": [{"label": {"labelphi": 1.0}, "read": 3, "selected": 5}]}, "selected=5.0 read=3.0"),
+        ({"per_label": []}, "no per-label entries"),
+        ("nonsense", "must be a dict"),
+    ],
+)
+def test_bad_cutflow_names_the_problem(cutflow, message):
+    with pytest.raises(EfficiencyError, match=message):
+        selection_efficiency(cutflow)
+
+
+def test_interpolation_recovers_smooth_function_within_errors():
+    rng = np.random.default_rng(3)
+    pts = grid()
+    n = np.full(len(pts), 20000)
+    k = rng.binomial(n, true_eff(pts))
+    table = EfficiencyTable(LABELS, pts, n, k)
+    model = EfficiencyModel.from_table(table, degree=2)
+    assert model.used_degree == 2 and model.ndf == len(pts) - 6
+    # goodness of fit: the true function is in the model family, chi2/ndf ~ 1
+    assert stats.chi2.sf(model.chi2, model.ndf) > 0.001
+    # off-grid points inside the grid: prediction within 3 sigma of the truth, sigma small
+    off = np.array([[750.0, 1.5], [1250.0, 7.0], [2500.0, 3.3], [1700.0, 9.0]])
+    eff, err = model.predict_with_error(off)
+    truth = true_eff(off)
+    assert np.all(np.abs(eff - truth) < 3 * err), (eff, truth, err)
+    assert np.all(err < 0.01)
+    assert model.in_range(off).all() and not model.in_range(np.array([[4000.0, 5.0]]))[0]
+    # serialisation round trip through JSON gives identical predictions
+    again = EfficiencyModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    np.testing.assert_allclose(again.predict(off), eff, rtol=1e-12)
+    np.testing.assert_allclose(again.table.eff, table.eff)
+
+
+def test_fit_from_eff_and_err_only():
+    pts = grid()
+    eff = true_eff(pts)
+    err = np.full(len(pts), 0.002)
+    model = EfficiencyModel(degree=2).fit(pts, eff, err)
+    # exact inputs inside the model family: the fit reproduces the function
+    off = np.array([[800.0, 3.0]])
+    assert model.predict(off)[0] == pytest.approx(true_eff(off)[0], abs=1e-6)
+    assert model.chi2 == pytest.approx(0.0, abs=1e-6)
+
+
+def test_degree_is_lowered_for_few_points_and_fixed_labels():
+    pts = np.array([[1000.0, 5.0], [2000.0, 5.0], [3000.0, 5.0]])  # omega never varies
+    model = EfficiencyModel(degree=2).fit(pts, [0.2, 0.4, 0.5], [0.01, 0.01, 0.01])
+    assert model.terms == [(0, 0), (1, 0)]  # constant + linear in log m_phi, keeping one ndf
+    assert model.ndf == 1
+    assert 0.2 < model.predict(np.array([[1500.0, 5.0]]))[0] < 0.4
+
+
+def test_bad_fit_input():
+    with pytest.raises(EfficiencyError, match="within \\[0, 1\\]"):
+        EfficiencyModel().fit(grid()[:3], [0.1, 1.2, 0.3], [0.01] * 3)
+    with pytest.raises(EfficiencyError, match="not fitted"):
+        EfficiencyModel().predict(grid())
+    with pytest.raises(EfficiencyError, match="positive"):
+        EfficiencyModel().fit(np.array([[-1.0, 2.0], [1.0, 2.0]]), [0.1, 0.2], [0.01, 0.01])
