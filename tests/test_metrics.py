@@ -176,8 +176,8 @@ def test_compare_samples_and_floor():
     assert floor["features"]["m"]["chi2_ndf"] < 2
     assert abs(floor["joint"]["auc"] - 0.5) < 0.04
     assert floor["joint"]["chi2_2d_ndf"] < 1.5
-    shifted = metrics.compare_samples(mc[:4000] * [1.01, 1.0], mc[4000:], ["m", "t"], folds=3)
-    assert shifted["features"]["m"]["median_shift"] == pytest.approx(0.01, abs=0.002)
+    shifted = metrics.compare_samples(mc[:4000] * [1.02, 1.0], mc[4000:], ["m", "t"], folds=3)
+    assert shifted["features"]["m"]["median_shift"] == pytest.approx(0.02, abs=0.002)
     assert shifted["features"]["m"]["chi2_ndf"] > 2.5
     assert shifted["joint"]["auc"] > 0.6
     with pytest.raises(MetricsError, match="features"):
