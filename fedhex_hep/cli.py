@@ -64,6 +64,7 @@ def _parse_point(text: str) -> list[float]:
 
 
 def _parse_floats(text: str, option: str) -> list[float]:
+    """Comma-separated numbers of a CLI option."""
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -98,25 +99,34 @@ def _main(
 def make_samples_cmd(
     kind: Annotated[str, typer.Argument(help="signal (NanoAOD-like grid), grid or line (2D Gaussian toys).")] = "signal",
     outdir: Annotated[Path, typer.Argument(help="Folder to write one sub-folder per mass point into.")] = Path("data/demo"),
-    phi: Annotated[Optional[str], typer.Option(help="Phi masses in GeV, comma-separated (signal).")] = None,
-    omega: Annotated[Optional[str], typer.Option(help="omega masses in GeV, comma-separated (signal).")] = None,
+    phi: Annotated[Optional[str], typer.Option(help="Phi masses in GeV, comma-separated (signal; default: demo grid).")] = None,
+    omega: Annotated[Optional[str], typer.Option(help="omega masses in GeV, comma-separated (signal; default: demo grid).")] = None,
+    x: Annotated[Optional[str], typer.Option(help="Means along x, comma-separated (grid/line toys).")] = None,
+    y: Annotated[Optional[str], typer.Option(help="Means along y, comma-separated (grid/line toys).")] = None,
     events: Annotated[Optional[int], typer.Option(min=1, help="Generated events per mass point.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     files_per_point: Annotated[int, typer.Option(min=1, help="Files per mass point (signal).")] = 1,
+    sigma: Annotated[Optional[str], typer.Option(help="Gaussian widths sigma_x,sigma_y (grid/line toys).")] = None,
+    rho: Annotated[float, typer.Option(help="Gaussian x-y correlation (grid/line toys).")] = 0.0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write toy inputs: a NanoAOD-like signal grid (default) or the old 2D Gaussian toys."""
     from fedhex_hep.samples import make_samples
 
-    options: dict = {"seed": seed}
-    if kind == "signal":
-        if phi:
-            options["phi_masses"] = _parse_floats(phi, "--phi")
-        if omega:
-            options["omega_masses"] = _parse_floats(omega, "--omega")
-        options["files_per_point"] = files_per_point
-    if events:
-        options["n_events"] = events
-    paths = make_samples(kind, outdir, **options)
+    paths = make_samples(
+        kind,
+        outdir,
+        phi=phi,
+        omega=omega,
+        x=x,
+        y=y,
+        events=events,
+        seed=seed,
+        files_per_point=files_per_point,
+        sigma=sigma,
+        rho=rho,
+        overwrite=overwrite,
+    )
     typer.echo(f"wrote {len(paths)} files under {outdir}")
 
 
