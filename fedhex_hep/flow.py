@@ -1,0 +1,213 @@
+"""Conditional normalizing flows (TensorFlow Probability): affine MAF and rational-quadratic spline.
+
+A ``ConditionalFlow`` models p(z | c) for preprocessed features z (n, F) given preprocessed
+labels c (n, L). It is a chain of ``tfb.MaskedAutoregressiveFlow`` blocks whose MADE networks
+(``tfb.AutoregressiveNetwork``, conditional on c) give either
+
+* ``kind = "maf"``: shift and log-scale, the log-scale bounded as ``B * tanh(raw / B)`` so that
+  a bad step cannot blow up the scale (the old code's tanh, made explicit), or
+* ``kind = "spline"``: the bin widths, heights and knot slopes of a
+  ``tfb.RationalQuadraticSpline`` on [-spline_range, spline_range] (identity outside).
+
+Fixed reversal permutations between blocks (no trainable or random state) keep save/load
+exact. Weights are initialised from a numpy generator seeded by ``seed``, so the same seed gives
+bit-identical initial weights in any process. Imports TensorFlow: only import lazily.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+
+from fedhex_hep.config import ModelConfig  # noqa: E402
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+__all__ = ["ConditionalFlow", "FlowError", "build_flow"]
+
+# Smallest spline bin width/height and knot slope (in standardised units): keeps the spline
+# strictly monotonic and its inverse well conditioned.
+_MIN_BIN = 1e-3
+_MIN_SLOPE = 1e-3
+
+
+class FlowError(ValueError):
+    """An impossible flow configuration; the message names the config key."""
+
+
+class _Networks(tf.Module):
+    """Holds the MADE networks so tf.train.Checkpoint tracks their variables by position."""
+
+    def __init__(self, networks: Sequence[Any]) -> None:
+        super().__init__(name="flow")
+        self.networks = list(networks)
+
+
+class ConditionalFlow:
+    """A conditional flow p(z | c); z has shape (n, F), c has shape (n, L). float32 inside."""
+
+    def __init__(self, model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> None:
+        if n_features < 1:
+            raise FlowError("a flow needs at least one feature (config key 'input.features')")
+        if n_labels < 1:
+            raise FlowError("a conditional flow needs at least one label (config key 'input.labels')")
+        if model.kind not in ("maf", "spline"):
+            raise FlowError(f"config key 'model.kind' = {model.kind!r} is not one of maf, spline")
+        self.config = model
+        self.n_features = int(n_features)
+        self.n_labels = int(n_labels)
+        self.seed = int(seed)
+        F = self.n_features
+        n_params = 2 if model.kind == "maf" else 3 * model.spline_bins - 1
+
+        networks = []
+        bijectors = []
+        for i in range(model.n_blocks):
+            made = tfb.AutoregressiveNetwork(
+                params=n_params,
+                event_shape=[F],
+                conditional=True,
+                conditional_event_shape=[self.n_labels],
+                hidden_units=list(model.hidden_units),
+                activation=model.activation,
+                name=f"made_{i}",
+            )
+            networks.append(made)
+            if model.kind == "maf":
+                maf = tfb.MaskedAutoregressiveFlow(
+                    shift_and_log_scale_fn=_bounded_affine(made, model.log_scale_bound), name=f"maf_{i}"
+                )
+            else:
+                maf = tfb.MaskedAutoregressiveFlow(
+                    bijector_fn=_spline_fn(made, model.spline_bins, model.spline_range), name=f"maf_{i}"
+                )
+            bijectors.append(maf)
+            if i < model.n_blocks - 1 and F > 1:
+                bijectors.append(tfb.Permute(permutation=list(range(F - 1, -1, -1)), name=f"perm_{i}"))
+        self._names = [f"maf_{i}" for i in range(model.n_blocks)]
+        # tfb.Chain applies its list last-to-first in the forward (sampling) direction; data
+        # flows maf_0 -> perm_0 -> maf_1 ... in the normalising (inverse) direction.
+        self.bijector = tfb.Chain(list(reversed(bijectors)), name="chain")
+        base = tfd.Sample(tfd.Normal(tf.constant(0.0, tf.float32), tf.constant(1.0, tf.float32)), sample_shape=[F])
+        self.distribution = tfd.TransformedDistribution(base, self.bijector)
+        self.module = _Networks(networks)
+        self._build()
+        self._sample_fn = tf.function(self._sample_graph, jit_compile=True, reduce_retracing=True)
+
+    # -- construction ----------------------------------------------------------------------
+    def _build(self) -> None:
+        """Create all variables now (eagerly), then set them from a seeded numpy generator."""
+        z = tf.zeros((1, self.n_features), tf.float32)
+        c = tf.zeros((1, self.n_labels), tf.float32)
+        self.log_prob(z, c)
+        rng = np.random.default_rng([self.seed, 0x5EED])
+        for var in self.trainable_variables:
+            shape = var.shape.as_list()
+            if len(shape) == 2:
+                # Glorot-uniform; masked entries are multiplied by zero in the MADE anyway.
+                limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+                value = rng.uniform(-limit, limit, size=shape)
+            else:
+                value = np.zeros(shape)
+            var.assign(value.astype(np.float32))
+            # MADE enforces its autoregressive masks through kernel constraints (applied by
+            # the optimizer after each update), so re-apply them after our initialisation.
+            constraint = getattr(var, "constraint", None)
+            if constraint is not None:
+                var.assign(constraint(var))
+
+    @property
+    def trainable_variables(self) -> tuple[Any, ...]:
+        """All trainable variables, in a fixed order (block by block)."""
+        return tuple(v for net in self.module.networks for v in net.trainable_variables)
+
+    def _kwargs(self, c: Any) -> dict[str, dict[str, Any]]:
+        return {name: {"conditional_input": c} for name in self._names}
+
+    # -- density and sampling --------------------------------------------------------------
+    def log_prob(self, z: Any, c: Any) -> Any:
+        """log p(z | c) per event, shape (n,). z: (n, F), c: (n, L)."""
+        z = tf.convert_to_tensor(z, tf.float32)
+        c = tf.convert_to_tensor(c, tf.float32)
+        return self.distribution.log_prob(z, bijector_kwargs=self._kwargs(c))
+
+    def forward(self, u: Any, c: Any) -> Any:
+        """Base-space u (n, F) -> feature-space z (n, F) (the sampling direction)."""
+        return self.bijector.forward(tf.convert_to_tensor(u, tf.float32), **self._kwargs(tf.convert_to_tensor(c, tf.float32)))
+
+    def inverse(self, z: Any, c: Any) -> Any:
+        """Feature-space z (n, F) -> base-space u (n, F) (the normalising direction)."""
+        return self.bijector.inverse(tf.convert_to_tensor(z, tf.float32), **self._kwargs(tf.convert_to_tensor(c, tf.float32)))
+
+    def _sample_graph(self, c: Any, seed: Any) -> Any:
+        n = tf.shape(c)[0]
+        u = self.distribution.distribution.sample(n, seed=seed)
+        return self.bijector.forward(u, **self._kwargs(c))
+
+    def sample(self, c: Any, seed: int | Sequence[int]) -> np.ndarray:
+        """One sample per row of c (n, L) -> z (n, F) as float32 numpy; same seed, same numbers.
+
+        ``seed`` is an int or a pair of ints (stateless sampling: no global RNG state involved).
+        """
+        c = tf.convert_to_tensor(np.asarray(c, dtype=np.float32).reshape(-1, self.n_labels))
+        seed_pair = (int(seed), 0) if np.ndim(seed) == 0 else tuple(int(s) for s in seed)
+        if len(seed_pair) != 2:
+            raise ValueError(f"seed must be an int or a pair of ints, got {seed!r}")
+        return self._sample_fn(c, tf.constant(seed_pair, tf.int32)).numpy()
+
+    # -- weights -------------------------------------------------------------------------
+    def checkpoint(self) -> Any:
+        """A tf.train.Checkpoint of the flow's variables only."""
+        return tf.train.Checkpoint(flow=self.module)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.trainable_variables]
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        variables = self.trainable_variables
+        if len(weights) != len(variables):
+            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
+        for var, w in zip(variables, weights):
+            var.assign(w)
+
+
+def _bounded_affine(made: Any, bound: float) -> Any:
+    bound = float(bound)
+
+    def fn(x: Any, conditional_input: Any = None) -> tuple[Any, Any]:
+        params = made(x, conditional_input=conditional_input)
+        shift, raw = tf.unstack(params, num=2, axis=-1)
+        return shift, bound * tf.math.tanh(raw / bound)
+
+    return fn
+
+
+def _spline_fn(made: Any, n_bins: int, spline_range: float) -> Any:
+    half = float(spline_range)
+    width = 2.0 * half
+
+    def fn(x: Any, conditional_input: Any = None) -> Any:
+        params = made(x, conditional_input=conditional_input)
+        w, h, s = tf.split(params, [n_bins, n_bins, n_bins - 1], axis=-1)
+        bin_widths = tf.math.softmax(w, axis=-1) * (width - n_bins * _MIN_BIN) + _MIN_BIN
+        bin_heights = tf.math.softmax(h, axis=-1) * (width - n_bins * _MIN_BIN) + _MIN_BIN
+        knot_slopes = tf.math.softplus(s) + _MIN_SLOPE
+        return tfb.RationalQuadraticSpline(
+            bin_widths=bin_widths, bin_heights=bin_heights, knot_slopes=knot_slopes, range_min=-half
+        )
+
+    return fn
+
+
+def build_flow(model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> ConditionalFlow:
+    """Build a ConditionalFlow with all variables created and seeded (ready to restore into)."""
+    return ConditionalFlow(model, n_features, n_labels, seed)
