@@ -1,0 +1,215 @@
+"""Compare generated events with MC at every mass point that has both: plots and metrics.
+
+For each mass point present in the MC and in the generated FeatureSet (labels equal within a
+relative 1e-6):
+
+- per feature: generated vs MC overlaid (generated scaled to the MC yield, statistical error
+  bars of both), ratio panel, and chi2/ndf (``metrics.chi2_ndf``: normalised shapes, errors of
+  both samples, over ``bins`` equal bins spanning the MC's 0.5-99.5% quantiles at that point,
+  or the edges given) and the KS p-value (``metrics.ks_test``) computed and printed on the plot;
+- per feature pair: the 2D distribution, generated | MC side by side;
+
+plus an overview of all mass points in the label plane (reconstructed masses of all points,
+markers at the generator masses) and, with ``history_csv``, the training loss curve.
+
+Files in ``outdir`` (one per format): ``<feature>__<point>``, ``2d_<fx>_vs_<fy>__<point>``,
+``label_plane``, ``loss``, and ``metrics.json``; ``<point>`` is the export tag, e.g.
+``labelphi_1870__labelomega_9p025``. Existing files are refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhex_hep.atomic import OutputError, atomic_write_text, check_writable
+from fedhex_hep.export import point_tag
+from fedhex_hep.featureset import FeatureSet
+
+__all__ = ["CompareError", "compare", "plot_loss", "point_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+class CompareError(ValueError):
+    """Inputs that cannot be compared (different features or labels); the message says which."""
+
+
+def _title(label_names: Sequence[str], point: Sequence[float]) -> str:
+    return ", ".join(f"{n} = {float(v):g} GeV" for n, v in zip(label_names, point))
+
+
+def _edges(feature: str, mc_values: np.ndarray, bins: int | Mapping[str, Any]) -> np.ndarray:
+    from fedhex_hep.metrics import quantile_edges
+
+    spec = bins.get(feature, 40) if isinstance(bins, Mapping) else bins
+    if np.ndim(spec) == 0:
+        return quantile_edges(mc_values, int(spec))
+    edges = np.asarray(spec, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+        raise CompareError(f"bin edges for feature {feature!r} must be a strictly increasing list of >= 2 numbers")
+    return edges
+
+
+def point_metrics(
+    gen: FeatureSet, mc: FeatureSet, bins: int | Mapping[str, Any] = 40
+) -> dict[str, dict[str, float]]:
+    """chi2/ndf and KS per feature between two FeatureSets at ONE mass point (shapes)."""
+    from fedhex_hep.metrics import chi2_ndf, ks_test
+
+    out: dict[str, dict[str, float]] = {}
+    for name in mc.feature_names:
+        a, b = gen.column(name), mc.column(name)
+        edges = _edges(name, b, bins)
+        chi2 = chi2_ndf(a, b, edges, weights_a=gen.weights, weights_b=mc.weights)
+        ks = ks_test(a, b)
+        out[name] = {
+            "chi2": float(chi2.chi2),
+            "ndf": int(chi2.ndf),
+            "chi2_ndf": float(chi2.chi2_per_ndf),
+            "chi2_pvalue": float(chi2.pvalue),
+            "ks_statistic": float(ks.statistic),
+            "ks_pvalue": float(ks.pvalue),
+            "n_generated": int(len(a)),
+            "n_mc": int(len(b)),
+            "edges": [float(edges[0]), float(edges[-1]), int(len(edges) - 1)],
+        }
+    return out
+
+
+def plot_loss(
+    history_csv: str | Path, out: str | Path, formats: Sequence[str] = ("png",), overwrite: bool = False
+) -> list[Path]:
+    """Plot the training loss curve of ``history_csv`` to ``out.<fmt>``; returns the files."""
+    from fedhex_hep.plotting import plot_loss_curve, read_history, save_figure
+
+    history = read_history(history_csv)
+    out = Path(out)
+    if out.suffix.lower() in (".png", ".pdf", ".svg"):
+        formats, out = (out.suffix[1:],), out.with_suffix("")
+    fig = plot_loss_curve(history, title=f"Training: {Path(history_csv).parent.name or 'model'}")
+    return save_figure(fig, out, formats, overwrite=overwrite)
+
+
+def compare(
+    generated: FeatureSet,
+    mc: FeatureSet,
+    outdir: str | Path,
+    bins: int | Mapping[str, Any] = 40,
+    formats: Sequence[str] = ("png",),
+    history_csv: str | Path | None = None,
+    overwrite: bool = False,
+    normalize: str = "mc",
+) -> dict[str, Any]:
+    """Plots and metrics of ``generated`` against ``mc`` at every common mass point.
+
+    Returns ``{"metrics": {point_tag: {"label": {...}, "features": {feature: {chi2, ndf,
+    chi2_ndf, chi2_pvalue, ks_statistic, ks_pvalue, ...}}}}, "plots": [paths],
+    "files": [paths incl. metrics.json], "points_without_mc": [[...], ...]}``.
+    """
+    from fedhex_hep.plotting import PlotError, plot_2d_side_by_side, plot_label_plane, plot_overlay, save_figure
+
+    if (generated.feature_names, generated.label_names) != (mc.feature_names, mc.label_names):
+        raise CompareError(
+            f"generated columns {generated.feature_names + generated.label_names} differ from "
+            f"MC columns {mc.feature_names + mc.label_names}"
+        )
+    if len(mc) == 0 or len(generated) == 0:
+        raise CompareError("nothing to compare: the " + ("MC" if len(mc) == 0 else "generated") + " FeatureSet is empty")
+    formats = tuple(formats)
+    outdir = Path(outdir)
+    features, labels = mc.feature_names, mc.label_names
+    pairs = list(itertools.combinations(features, 2))
+
+    mc_points = mc.label_points()
+    gen_points = generated.label_points()
+    common, without = [], []
+    for p in gen_points:
+        (common if np.any(np.all(np.isclose(mc_points, p, rtol=1e-6, atol=0), axis=1)) else without).append(p)
+
+    # plan every file first, so an existing output is refused before anything is written
+    stems: list[Path] = []
+    for p in common:
+        tag = point_tag(labels, p)
+        stems += [outdir / f"{f}__{tag}" for f in features]
+        stems += [outdir / f"2d_{fx}_vs_{fy}__{tag}" for fx, fy in pairs]
+    if len(features) >= 2 and len(labels) >= 2:
+        stems.append(outdir / "label_plane")
+    if history_csv is not None:
+        stems.append(outdir / "loss")
+    targets = [s.with_name(s.name + f".{fmt.lower().lstrip('.')}") for s in stems for fmt in formats]
+    targets.append(outdir / "metrics.json")
+    for target in targets:
+        check_writable(target, overwrite=overwrite)
+
+    plots: list[Path] = []
+    metrics: dict[str, Any] = {}
+    for p in common:
+        tag = point_tag(labels, p)
+        title = _title(labels, p)
+        g, m = generated.at_label(p), mc.at_label(p)
+        per_feature = point_metrics(g, m, bins)
+        metrics[tag] = {"label": dict(zip(labels, map(float, p))), "features": per_feature}
+        for f in features:
+            res = per_feature[f]
+            text = (
+                f"$\\chi^2$/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
+                f"KS p-value = {res['ks_pvalue']:.3g}"
+            )
+            fig = plot_overlay(
+                g.column(f),
+                m.column(f),
+                _edges(f, m.column(f), bins),
+                f,
+                title,
+                gen_weights=g.weights,
+                mc_weights=m.weights,
+                normalize=normalize,
+                text=text,
+                gen_label=f"Generated ({len(g)} ev.)",
+                mc_label=f"MC ({len(m)} ev.)",
+            )
+            plots += save_figure(fig, outdir / f"{f}__{tag}", formats, overwrite=overwrite)
+        for fx, fy in pairs:
+            ix, iy = features.index(fx), features.index(fy)
+            ex, ey = _edges(fx, m.column(fx), bins), _edges(fy, m.column(fy), bins)
+            fig = plot_2d_side_by_side(
+                g.features[:, [ix, iy]], m.features[:, [ix, iy]], ex, ey, (fx, fy), title, g.weights, m.weights
+            )
+            plots += save_figure(fig, outdir / f"2d_{fx}_vs_{fy}__{tag}", formats, overwrite=overwrite)
+
+    if len(features) >= 2 and len(labels) >= 2:
+        fig = plot_label_plane(
+            mc.features[:, :2],
+            mc_points[:, :2],
+            (features[0], features[1]),
+            (labels[0], labels[1]),
+            gen_features=generated.features[:, :2],
+            gen_points=gen_points[:, :2],
+        )
+        plots += save_figure(fig, outdir / "label_plane", formats, overwrite=overwrite)
+    if history_csv is not None:
+        try:
+            plots += plot_loss(history_csv, outdir / "loss", formats, overwrite=overwrite)
+        except PlotError as exc:
+            raise CompareError(str(exc)) from None
+
+    if not common:
+        log.warning("no generated mass point has MC: only the overview plots were made")
+    result = {
+        "metrics": metrics,
+        "plots": [str(p) for p in plots],
+        "points_without_mc": [list(map(float, p)) for p in without],
+    }
+    metrics_path = atomic_write_text(outdir / "metrics.json", json.dumps(result, indent=2), overwrite=overwrite)
+    result["files"] = [*result["plots"], str(metrics_path)]
+    return result
+
+
+__all__ += ["OutputError"]
