@@ -133,6 +133,12 @@ def test_processor_is_light_to_pickle(model_dir):
     name = template_name("x", LABELS, proc.points[0])
     assert np.array_equal(hists[name].values(flow=True), hists2[name].values(flow=True))
     assert hists[name].sum(flow=True).value == hists[name].sum().value == 50  # nothing in flow bins
+    import awkward as ak
+
+    empty = again.process(ak.Array({"point_index": np.zeros(0, dtype=np.int64)}))  # an empty chunk
+    assert empty == {"templates": {}, "n_generated": {}, "acceptance": {}}
+    with pytest.raises(GenerationProcessorError, match="point_index outside"):
+        again.process(ak.Array({"point_index": np.array([99])}))
 
 
 def test_embedded_in_user_processor(model_dir, tmp_path):
@@ -300,3 +306,45 @@ def test_dask_localcluster_matches_iterative(model_dir, tmp_path):
     c = _read_hists(other)
     name = template_name("x", LABELS, points[0])
     assert not np.array_equal(a[name][0], c[name][0])
+
+
+def test_scan_efficiency_sources(model_dir, tmp_path):
+    """efficiency.json in the model directory is found by itself; a FeatureSet parquet works too."""
+    import shutil
+
+    import uproot
+
+    from fedhex_hep.featureset import FeatureSet
+    from fedhex_hep.scan import run_scan, scan_efficiency
+
+    eff_model = _efficiency_model()
+    points = grid_points("1250/1750,3/5")
+    own = tmp_path / "model"
+    shutil.copytree(model_dir, own)
+    (own / "efficiency.json").write_text(json.dumps(eff_model.to_dict()))
+    out = run_scan(own, points, 120, tmp_path / "auto_eff.root", bins=BINS, progress=False, yield_normalised=True)
+    with uproot.open(out) as f:
+        scan = f["scan"].arrays(library="np")
+    assert np.allclose(scan["eff"], eff_model.predict(points))
+    assert np.allclose(scan["integral"], 120 * eff_model.predict(points))
+    assert np.all((scan["acceptance"] > 0) & (scan["acceptance"] <= 1))
+
+    fs = FeatureSet.from_numpy(np.zeros((1, 2)), np.array([[1500.0, 4.0]]), FEATURES, LABELS, metadata={"efficiency": eff_model.to_dict()})
+    parquet = fs.save(tmp_path / "mc.parquet")
+    got = scan_efficiency(parquet, model_dir, points[::-1], FEATURES, LABELS)
+    assert np.allclose(got["points"]["eff"], eff_model.predict(points[::-1]))  # in the order asked
+    with pytest.raises(ScanError, match="does not exist"):
+        scan_efficiency(tmp_path / "nope.json", model_dir, points, FEATURES, LABELS)
+
+
+@pytest.mark.slow
+def test_futures_executor_matches_iterative(model_dir, tmp_path):
+    from fedhex_hep.scan import run_scan
+
+    points = grid_points("1000:2000:500,2/6")
+    a = run_scan(model_dir, points, 150, tmp_path / "it.root", bins=BINS, seed=7, progress=False)
+    b = run_scan(model_dir, points, 150, tmp_path / "fu.root", bins=BINS, seed=7, executor="futures", workers=2, progress=False, chunk_points=1)
+    ha, hb = _read_hists(a), _read_hists(b)
+    assert sorted(ha) == sorted(hb) and len(ha) == 12
+    for name in ha:
+        assert np.array_equal(ha[name][0], hb[name][0]) and np.array_equal(ha[name][1], hb[name][1]), name
