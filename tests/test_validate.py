@@ -1,0 +1,160 @@
+"""validate(): leave-out logic, metrics per method, report, with injected toy models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedhex_hep.config import load_config
+from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.validate import ValidationError, holdout_groups, interior_points, validate
+
+XS = (100.0, 200.0, 300.0, 400.0)
+YS = (1.0, 2.0, 3.0, 4.0)
+
+
+def truth(point):
+    x, y = point
+    return np.array([0.9 * x + 5 * y, 10.0 - y]), np.array([0.05 * x + 2 * y, 0.5 + 0.1 * y])
+
+
+def draw(point, n, rng):
+    mean, width = truth(point)
+    z = rng.multivariate_normal([0, 0], [[1, 0.5], [0.5, 1]], size=n)
+    return mean + z * width
+
+
+@pytest.fixture(scope="module")
+def toy_mc() -> FeatureSet:
+    rng = np.random.default_rng(0)
+    feats, labels = [], []
+    for x in XS:
+        for y in YS:
+            n = 6000 if (x, y) == (200.0, 2.0) else 3000
+            feats.append(draw((x, y), n, rng))
+            labels.append(np.tile([x, y], (n, 1)))
+    return FeatureSet.from_numpy(np.concatenate(feats), np.concatenate(labels), ["m1", "m2"], ["gx", "gy"])
+
+
+class ExactModel:
+    """A 'flow' that samples the true density; ``bias`` shifts feature 0 by that fraction."""
+
+    def __init__(self, seed, bias=0.0):
+        self.seed, self.bias = seed, bias
+
+
+def make_train_fn(calls, bias=0.0):
+    def train_fn(featureset, config, model_dir):
+        calls.append((featureset.label_points(), config.training.seed, model_dir))
+        return ExactModel(config.training.seed, bias)
+
+    return train_fn
+
+
+def generate_fn(model, point, n, seed):
+    x = draw(point, n, np.random.default_rng(seed + 7 * model.seed))
+    x[:, 0] *= 1 + model.bias
+    return x
+
+
+def test_interior_points_and_groups(toy_mc):
+    grid = toy_mc.label_points()
+    inner = interior_points(grid)
+    assert {tuple(p) for p in inner} == {(200.0, 2.0), (200.0, 3.0), (300.0, 2.0), (300.0, 3.0)}
+    groups = holdout_groups(inner, grid, "checkerboard")
+    assert len(groups) == 2
+    for group in groups:  # no two held-out points of a group are grid neighbours
+        for a in group:
+            for b in group:
+                if not np.array_equal(a, b):
+                    assert np.sum(np.abs(a - b) / [100.0, 1.0]) >= 2
+    assert len(holdout_groups(inner, grid, "single")) == 4
+    with pytest.raises(ValidationError, match="holdout"):
+        holdout_groups(inner, grid, "random")
+
+
+def test_validate_exact_model_passes_and_report_written(toy_mc, tmp_path):
+    calls = []
+    point = np.array([[200.0, 2.0]])
+    report = validate(
+        load_config(), toy_mc, tmp_path / "val", points=point, seeds=(1, 2, 3),
+        train_fn=make_train_fn(calls), generate_fn=generate_fn, folds=3,
+    )
+    # trained once per seed, each time without the held-out point
+    assert [c[1] for c in calls] == [1, 2, 3]
+    for labels, _, model_dir in calls:
+        assert not any(np.array_equal(p, point[0]) for p in labels)
+        assert len(labels) == 15
+        assert model_dir.parent.name == "models"
+    (entry,) = report["points"]
+    assert entry["point"] == {"gx": 200.0, "gy": 2.0}
+    assert entry["reference"] == "held-out training-grid MC"
+    assert entry["n_compare"] == 3000
+    # an exact model is as good as the noise: AUC near 0.5, chi2/ndf near 1
+    assert abs(entry["flow_ensemble"]["joint"]["auc"] - 0.5) < 0.03
+    assert entry["flow_ensemble"]["joint"]["chi2_2d_ndf"] < 1.4
+    assert entry["goals"]["flow_ensemble"]["auc"]
+    assert set(entry["morph"]) == {"moment", "moment_robust", "quantile"}
+    # morphing of this linear Gaussian family is exact too; its sample is capped at the distinct
+    # MC events available from the 4 neighbours (3000 each, weight 1/4)
+    assert entry["morph"]["moment"]["n_candidate"] == 3000
+    assert abs(entry["morph"]["moment"]["joint"]["auc"] - 0.5) < 0.04
+    assert len(entry["flow_seeds"]) == 3
+    assert entry["flow"]["joint"]["auc"]["std"] >= 0
+    out = tmp_path / "val"
+    loaded = json.loads((out / "report.json").read_text())
+    assert loaded["points"][0]["point"] == {"gx": 200.0, "gy": 2.0}
+    md = (out / "report.md").read_text()
+    assert "| gx=200, gy=2 |" in md and "statistical floor" in md and "moment morphing" in md
+    assert (out / "plots" / "overlay_200_2.png").stat().st_size > 0
+    assert (out / "plots" / "auc_map.png").stat().st_size > 0
+    # refuses to overwrite a finished report unless asked
+    with pytest.raises(ValidationError, match="not empty"):
+        validate(load_config(), toy_mc, out, points=point, seeds=(1,), train_fn=make_train_fn([]),
+                 generate_fn=generate_fn, plots=False)
+
+
+def test_validate_biased_model_fails_and_morph_wins(toy_mc, tmp_path):
+    report = validate(
+        load_config(), toy_mc, tmp_path / "val", points=[[300.0, 3.0]], seeds=(1, 2),
+        train_fn=make_train_fn([], bias=0.03), generate_fn=generate_fn, folds=3, plots=False,
+        holdout="checkerboard",
+    )
+    (entry,) = report["points"]
+    m1 = entry["flow_ensemble"]["features"]["m1"]
+    assert m1["median_shift"] == pytest.approx(0.03, abs=0.01)
+    assert not entry["goals"]["flow_ensemble"]["all"]
+    assert not entry["goals"]["flow_ensemble"]["median_shift:m1"]
+    assert entry["flow_ensemble"]["joint"]["auc"] > 0.55
+    assert entry["winner"]["auc"] != "flow_ensemble"
+    assert report["summary"]["flow_ensemble_no_worse_than_moment_auc"] == "0/1"
+
+
+def test_validate_default_points_checkerboard_and_reference(toy_mc, tmp_path):
+    calls = []
+    rng = np.random.default_rng(5)
+    ref_points = [(200.0, 2.0), (200.0, 3.0), (300.0, 2.0), (300.0, 3.0)]
+    ref = FeatureSet.from_numpy(
+        np.concatenate([draw(p, 4000, rng) for p in ref_points]),
+        np.repeat(np.array(ref_points), 4000, axis=0), ["m1", "m2"], ["gx", "gy"],
+    )
+    report = validate(
+        load_config(), toy_mc, tmp_path / "val", seeds=(4,), train_fn=make_train_fn(calls),
+        generate_fn=generate_fn, folds=2, plots=False, holdout="checkerboard", reference=ref,
+        max_events=1000,
+    )
+    assert len(calls) == 2  # two checkerboard colours, one seed
+    assert len(report["points"]) == 4
+    assert all(e["reference"] == "independent reference MC" for e in report["points"])
+    assert all(e["n_compare"] == 1000 for e in report["points"])
+
+
+def test_validate_bad_points(toy_mc, tmp_path):
+    with pytest.raises(ValidationError, match="no reference MC"):
+        validate(load_config(), toy_mc, tmp_path / "a", points=[[250.0, 2.5]], seeds=(1,),
+                 train_fn=make_train_fn([]), generate_fn=generate_fn, plots=False)
+    with pytest.raises(ValidationError, match="2 values"):
+        validate(load_config(), toy_mc, tmp_path / "b", points=[[250.0, 2.5, 1.0]], seeds=(1,),
+                 train_fn=make_train_fn([]), generate_fn=generate_fn, plots=False)
