@@ -275,3 +275,15 @@ def test_shipped_demo_grid_is_current(demo_dir, tmp_path):
     for field in SIGNAL_BRANCHES:
         assert ak.all(shipped[field] == new[field]), field
     assert _selected(shipped).sum() >= 2000
+
+
+def test_compression_choices(tmp_path):
+    lz = make_signal_grid(tmp_path / "lzma", [1000], [5.0], n_events=2000, seed=4)[0]
+    zl = make_signal_grid(tmp_path / "zlib", [1000], [5.0], n_events=2000, seed=4, compression="zlib")[0]
+    a, b = _read(lz), _read(zl)
+    for field in SIGNAL_BRANCHES:
+        assert ak.all(a[field] == b[field]), field
+    assert lz.stat().st_size < zl.stat().st_size
+    with pytest.raises(SampleError, match="compression"):
+        make_signal_grid(tmp_path / "bad", [1000], [5.0], n_events=10, compression="zstd")
+    assert not (tmp_path / "bad").exists()
