@@ -328,3 +328,72 @@ def test_common_binning_for_two_featuresets():
     assert both["phi"][0] == pytest.approx(np.quantile(values, 0.001))
     assert both["phi"][-1] == pytest.approx(np.quantile(values, 0.999))
     assert len(both["omega"]) == 31
+
+
+def _demo_point_featureset(folder) -> tuple[FeatureSet, dict]:
+    """Reference selection of DESIGN.md applied with plain uproot + awkward (independent of extract)."""
+    import awkward as ak
+    import uproot
+
+    columns = [
+        "CBL_Region",
+        "Photon_pt",
+        "CBL_RecoPhi_photonindex",
+        "CBL_RecoPhi_mass",
+        "TwoProng_massPi0",
+        "CBL_RecoPhi_twoprongindex",
+        "GenPhi_mass",
+        "GenOmega_mass",
+    ]
+    files = sorted(folder.glob("*.root"))
+    assert files, f"no ROOT files in {folder}"
+    events = ak.concatenate([uproot.open(f)["Events"].arrays(columns) for f in files])
+    region = events[events.CBL_Region == 1]  # indices are valid only in region 1
+    photon_pt = ak.fill_none(ak.firsts(region.Photon_pt[ak.singletons(region.CBL_RecoPhi_photonindex)]), -1.0)
+    sel = region[ak.to_numpy(photon_pt) > 220]
+    omega = ak.fill_none(ak.firsts(sel.TwoProng_massPi0[ak.singletons(sel.CBL_RecoPhi_twoprongindex)]), np.nan)
+    features = np.stack([ak.to_numpy(sel.CBL_RecoPhi_mass), ak.to_numpy(omega)], axis=1).astype(np.float64)
+    labels = np.stack([ak.to_numpy(sel.GenPhi_mass[:, 0]), ak.to_numpy(sel.GenOmega_mass[:, 0])], axis=1)
+    label = dict(zip(LABELS, map(float, labels[0])))
+    cutflow = {"per_label": [{"label": label, "read": len(events), "selected": len(sel)}]}
+    fs = FeatureSet.from_numpy(
+        features, labels.astype(np.float64), FEATURES, LABELS, metadata={"source": "mc", "cutflow": cutflow}
+    )
+    return fs, label
+
+
+def test_roofit_crystal_ball_on_exported_demo_point(tmp_path, demo_dir, root):
+    """A downstream fit: RooCBShape to the exported reconstructed Phi mass at a demo grid point."""
+    from fedhex_hep.samples import DEMO_GRID, mass_point_dirname
+
+    m_phi = DEMO_GRID["phi"][len(DEMO_GRID["phi"]) // 2]
+    m_omega = DEMO_GRID["omega"][len(DEMO_GRID["omega"]) // 2]
+    fs, label = _demo_point_featureset(demo_dir / mass_point_dirname(m_phi, m_omega))
+    assert label == {"labelphi": m_phi, "labelomega": m_omega}
+    assert len(fs) > 1000
+    edges = np.linspace(0.8 * m_phi, 1.15 * m_phi, 71)  # 5 GeV-ish bins around the peak
+    path = export_root(fs, tmp_path / "demo_mc.root", bins={"phi": edges, "omega": 40})
+
+    f = root.TFile.Open(str(path))
+    h = f.Get(hist_name("phi", LABELS, [m_phi, m_omega]))
+    assert h.ClassName() == "TH1D"
+    phi = fs.column("phi")
+    assert h.Integral() == pytest.approx(np.sum((phi >= edges[0]) & (phi < edges[-1])))
+    eff = f.Get("efficiency")
+    eff.GetEntry(0)
+    assert eff.eff == pytest.approx(fs.metadata["cutflow"]["per_label"][0]["selected"] / fs.metadata["cutflow"]["per_label"][0]["read"])
+
+    root.RooMsgService.instance().setGlobalKillBelow(root.RooFit.WARNING)
+    x = root.RooRealVar("x", "phi [GeV]", edges[0], edges[-1])
+    data = root.RooDataHist("data", "exported phi", root.RooArgList(x), h)
+    m0 = root.RooRealVar("m0", "peak", m_phi, 0.9 * m_phi, 1.1 * m_phi)
+    sigma = root.RooRealVar("sigma", "width", 0.02 * m_phi, 0.002 * m_phi, 0.2 * m_phi)
+    alpha = root.RooRealVar("alpha", "tail start", 1.0, 0.1, 10.0)
+    n = root.RooRealVar("n", "tail power", 3.0, 0.5, 100.0)
+    cb = root.RooCBShape("cb", "Crystal Ball", x, m0, sigma, alpha, n)
+    result = cb.fitTo(data, root.RooFit.Save(True), root.RooFit.PrintLevel(-1))
+    assert result.status() == 0
+    assert result.covQual() == 3  # full, accurate covariance matrix
+    assert abs(m0.getVal() - m_phi) / m_phi < 0.01, m0.getVal()
+    assert 0 < sigma.getVal() < 0.1 * m_phi
+    f.Close()
