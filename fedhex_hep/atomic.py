@@ -37,6 +37,12 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     """Refuse an existing ``path`` unless ``overwrite``; make its parent folder."""
     path = Path(path)
@@ -62,6 +68,8 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise OutputError(exc.errno, f"cannot write {path}: {_describe(exc)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; give the final file the usual permissions (0666 & ~umask).
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
         if path.exists() and not overwrite:

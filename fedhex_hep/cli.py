@@ -108,6 +108,7 @@ def make_samples_cmd(
     files_per_point: Annotated[int, typer.Option(min=1, help="Files per mass point (signal).")] = 1,
     sigma: Annotated[Optional[str], typer.Option(help="Gaussian widths sigma_x,sigma_y (grid/line toys).")] = None,
     rho: Annotated[float, typer.Option(help="Gaussian x-y correlation (grid/line toys).")] = 0.0,
+    compression: Annotated[str, typer.Option(help="ROOT compression: lzma (smallest), zlib (fastest) or none.")] = "lzma",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write toy inputs: a NanoAOD-like signal grid (default) or the old 2D Gaussian toys."""
@@ -126,6 +127,7 @@ def make_samples_cmd(
         sigma=sigma,
         rho=rho,
         overwrite=overwrite,
+        compression=compression,
     )
     typer.echo(f"wrote {len(paths)} files under {outdir}")
 
