@@ -239,8 +239,9 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
 
     ``efficiency``: an :class:`~fedhex_hep.efficiency.EfficiencyModel`, an
     :class:`~fedhex_hep.efficiency.EfficiencyTable`, a dict of either (``to_dict``), or an
-    extraction cutflow. When None, ``featureset.metadata["efficiency"]`` and then
-    ``featureset.metadata["cutflow"]`` are used. Returns ``{"model": dict | None, "table":
+    extraction cutflow. When None, ``featureset.metadata["efficiency"]``, then
+    ``featureset.metadata["cutflow"]``, then (generated sets) ``<model_path>/efficiency.json``
+    or ``efficiency``/``cutflow`` in ``<model_path>/training.json`` are used. Returns ``{"model": dict | None, "table":
     dict | None, "points": {label_names, points, eff, err, interpolated, in_range}}``.
     """
     from fedhex_hep.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
@@ -252,6 +253,8 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
             if featureset.metadata.get(key):
                 source, where = featureset.metadata[key], f"FeatureSet metadata[{key!r}]"
                 break
+    if source is None and featureset.metadata.get("model_path"):
+        source, where = _efficiency_from_model_dir(Path(featureset.metadata["model_path"]))
     if source is None:
         return None
     label_names = featureset.label_names
@@ -310,6 +313,24 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
             "in_range": in_range.tolist(),
         },
     }
+
+
+def _efficiency_from_model_dir(model_dir: Path) -> tuple[Any, str]:
+    """``efficiency.json``, else ``efficiency``/``cutflow`` in ``training.json`` of a model dir."""
+    candidates = [(model_dir / "efficiency.json", None), (model_dir / "training.json", ("efficiency", "cutflow"))]
+    for path, keys in candidates:
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{path} is not readable JSON ({exc})") from None
+        if keys is None:
+            return data, str(path)
+        for key in keys:
+            if isinstance(data, Mapping) and data.get(key):
+                return data[key], f"{path}[{key!r}]"
+    return None, ""
 
 
 # -- shared preparation ----------------------------------------------------------------------

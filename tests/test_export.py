@@ -397,3 +397,19 @@ def test_roofit_crystal_ball_on_exported_demo_point(tmp_path, demo_dir, root):
     assert abs(m0.getVal() - m_phi) / m_phi < 0.01, m0.getVal()
     assert 0 < sigma.getVal() < 0.1 * m_phi
     f.Close()
+
+
+def test_generated_set_takes_efficiency_from_its_model_dir(tmp_path):
+    import uproot
+
+    mc = make_featureset(200)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "training.json").write_text(json.dumps({"cutflow": mc.metadata["cutflow"]}))
+    gen = FeatureSet.from_numpy(
+        mc.features, mc.labels, FEATURES, LABELS, metadata={"source": "generated", "model_path": str(model_dir)}
+    )
+    path = export_root(gen, tmp_path / "gen.root")
+    with uproot.open(path) as f:
+        eff = f["efficiency"].arrays(library="np")
+    np.testing.assert_allclose(np.sort(eff["eff"]), np.sort([200 / (400 + 100 * i) for i in range(3)]))
