@@ -211,17 +211,59 @@ def generate_cmd(
         typer.Option("--range", help="Acceptance for a feature: name=min,max (repeatable); resampled until filled."),
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Events sampled per batch (bounds memory).")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Generated FeatureSet parquet.")] = Path(
-        "output/generated.parquet"
-    ),
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Generated FeatureSet parquet (default output/generated.parquet; output/scan.root with --scan)."),
+    ] = None,
+    scan: Annotated[
+        Optional[str],
+        typer.Option(
+            "--scan",
+            help="Mass scan: one ROOT file of template histograms per point, e.g. '1000:3000:250,1:9:1' "
+            "(start:stop:step or v1/v2/... per label; ';' joins grids).",
+        ),
+    ] = None,
+    bins: Annotated[Optional[int], typer.Option(min=1, help="Template bins per feature (--scan).")] = None,
+    yield_normalised: Annotated[
+        bool, typer.Option("--yield-normalised", help="Scale each template to n_events x interpolated efficiency (--scan).")
+    ] = False,
+    executor: ExecutorOpt = "iterative",
+    workers: WorkersOpt = 2,
+    scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
-    """Sample events at any mass point(s), inside or between the training grid."""
+    """Sample events at any mass point(s), inside or between the training grid, or scan a mass grid."""
     import numpy as np
 
     from fedhex_hep.atomic import check_writable
 
-    check_writable(output, overwrite=overwrite)
+    if scan is not None:
+        if method != "flow":
+            raise CLIError("--scan needs --method flow (a trained model directory)")
+        from fedhex_hep.config import load_config
+        from fedhex_hep.scan import run_scan
+
+        scan_output = check_writable(output or Path("output/scan.root"), overwrite=overwrite)
+        gen_cfg = load_config(model / "config.toml").generation
+        path = run_scan(
+            model,
+            scan,
+            n_events or gen_cfg.n_events,
+            scan_output,
+            bins=bins,
+            executor=executor,
+            workers=workers,
+            scheduler=scheduler,
+            seed=gen_cfg.seed if seed is None else seed,
+            yield_normalised=yield_normalised,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        typer.echo(f"wrote scan templates to {path}")
+        return
+
+    output = check_writable(output or Path("output/generated.parquet"), overwrite=overwrite)
     parsed_ranges = {}
     for text in ranges or []:
         name, _, bounds = text.partition("=")
