@@ -1,0 +1,388 @@
+"""Extraction stage: run the FeatureProcessor over the input fileset and return a FeatureSet.
+
+``extract(config, executor="iterative" | "futures" | "dask")`` builds the fileset
+(:mod:`fedhex_hep.fileset`), checks every file quickly with uproot *before* coffea runs (opens,
+has the TTree, has every branch the expressions read, baskets lie inside the file), runs
+``coffea.processor.Runner`` with the chosen executor, puts the merged events back in file order,
+verifies that no chunk was lost, applies the non-finite policy and the per-label minimum event
+count, and records how it was made in the FeatureSet metadata:
+
+- ``config`` (resolved), ``version``, ``source = "mc"``, ``executor``, ``files`` (processed);
+- ``cutflow``: ``{"selection", "read", "selected", "per_label": [{"dataset", "label": {...},
+  "read", "selected"}, ...], "unlabelled": {"read", "selected"}}`` (per label point: all events
+  read and those passing the selection, for efficiencies);
+- ``skipped_files``: ``[{"file", "reason"}, ...]``; ``dropped_labels``: ``[{"label", "events"}]``;
+  ``nonfinite``: ``{"dropped_events", "per_column"}``.
+
+Bad input files (empty, truncated/corrupt, without the TTree, missing a branch) give one line
+naming the file and the reason: an :class:`ExtractionError`, or -- with
+``input.skip_bad_files = true`` -- a warning, and the file is listed in ``skipped_files``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("iterative", "futures", "dask")
+
+
+class ExtractionError(ValueError):
+    """Extraction failed; the one-line message names the file, branch, selection or key."""
+
+
+class BadFileWarning(UserWarning):
+    """An input file was skipped (``input.skip_bad_files = true``); the message names it."""
+
+
+def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | None, int]:
+    """Quick uproot check of one input file: ``(reason it is bad or None, number of entries)``."""
+    import uproot
+
+    if "://" not in path:
+        if not os.path.exists(path):
+            return "file does not exist", 0
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file (0 bytes)", 0
+    else:
+        size = None
+    try:
+        with uproot.open(path) as file:
+            try:
+                tree = file[treename]
+            except KeyError:
+                return f"no TTree {treename!r} in the file (keys: {', '.join(file.keys(cycle=False)[:5]) or 'none'})", 0
+            if not hasattr(tree, "num_entries") or not hasattr(tree, "keys"):
+                return f"{treename!r} is not a TTree", 0
+            present = set(tree.keys(recursive=True))
+            for name in branches:
+                if name not in present:
+                    return f"branch {name!r} is missing from tree {treename!r}", 0
+            if size is not None:
+                for name in branches:
+                    branch = tree[name]
+                    n = branch._num_normal_baskets if hasattr(branch, "_num_normal_baskets") else branch.num_baskets
+                    seeks = branch.member("fBasketSeek")[:n]
+                    nbytes = branch.member("fBasketBytes")[:n]
+                    if len(seeks) and int(np.max(np.asarray(seeks) + np.asarray(nbytes))) > size:
+                        return f"truncated file: data of branch {name!r} lies beyond its end ({size} bytes)", 0
+            return None, int(tree.num_entries)
+    except Exception as exc:  # uproot raises many unrelated types for damaged files
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"corrupt or truncated ROOT file ({type(exc).__name__}: {text[:200]})", 0
+
+
+def _make_executor(kind: str, workers: int, progress: bool, client: Any) -> Any:
+    from coffea import processor
+
+    if kind == "iterative":
+        # retries=0: a failing chunk is a deterministic problem; retrying only repeats it
+        return processor.IterativeExecutor(status=progress, retries=0)
+    if kind == "futures":
+        return processor.FuturesExecutor(workers=workers, status=progress, retries=0)
+    return processor.DaskExecutor(client=client, status=progress, retries=3)
+
+
+def run_processor(
+    fileset: Mapping[str, Any],
+    proc: Any,
+    treename: str = "Events",
+    schema: str = "base",
+    executor: str = "iterative",
+    workers: int = 2,
+    scheduler: str | None = None,
+    chunksize: int = 100000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``proc`` over ``fileset`` with coffea's Runner; returns the merged accumulator.
+
+    ``executor="dask"`` connects to ``scheduler`` (an address) or starts a
+    ``dask.distributed.LocalCluster`` of ``workers`` single-threaded processes and closes it.
+    """
+    from coffea import processor
+    from coffea.nanoevents import BaseSchema, NanoAODSchema
+
+    if executor not in EXECUTORS:
+        raise ExtractionError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise ExtractionError(f"workers must be >= 1, got {workers}")
+    schema_cls = NanoAODSchema if schema == "nanoaod" else BaseSchema
+    cluster = client = None
+    try:
+        if executor == "dask":
+            from dask.distributed import Client, LocalCluster
+
+            if scheduler:
+                client = Client(scheduler)
+            else:
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                )
+                client = Client(cluster)
+        runner = processor.Runner(
+            executor=_make_executor(executor, workers, progress, client),
+            schema=schema_cls,
+            chunksize=chunksize,
+            skipbadfiles=False,
+        )
+        with warnings.catch_warnings():
+            # NanoAODSchema warns about cross-references to collections a file lacks and about
+            # branches it rebuilds (e.g. Photon_mass); harmless here: we read branches by name.
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"coffea\.")
+            return runner(dict(fileset), proc, treename=treename)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+_WORKITEM_FILE = re.compile(r"filename='([^']+)'")
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    """True when an exception (chain) looks like damaged file data rather than a bug or config."""
+    import zlib
+
+    node: BaseException | None = exc
+    seen: set[int] = set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        module = type(node).__module__ or ""
+        text = str(node).lower()
+        if module.startswith("uproot") or isinstance(node, (OSError, EOFError, zlib.error)):
+            return True
+        if any(word in text for word in ("decompress", "deserializ", "basket", "lz4", "zstd", "lzma")):
+            return True
+        node = node.__cause__ or node.__context__
+    return False
+
+
+def _describe_failure(exc: BaseException) -> tuple[str, str | None]:
+    """(one-line message, file at fault if named) for an exception raised through coffea."""
+    from fedhex_hep.expressions import ExpressionError
+
+    chain = []
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    for item in chain:
+        if isinstance(item, ExpressionError):
+            return str(item), None
+    text = " ".join(str(exc).split())
+    match = _WORKITEM_FILE.search(text)
+    filename = match.group(1) if match else None
+    innermost = chain[-1]
+    inner = " ".join(str(innermost).split())[:300]
+    reason = f"{type(innermost).__name__}: {inner}" if innermost is not exc else inner[:300]
+    if "KilledWorker" in text or "KilledWorker" in type(exc).__name__:
+        reason = text[:300]
+    return reason, filename
+
+
+def extract(
+    config: Any,
+    executor: str = "iterative",
+    workers: int = 2,
+    scheduler: str | None = None,
+    progress: bool = True,
+    *,
+    processor: Any | None = None,
+) -> Any:
+    """Run the extraction of ``config.input`` and return a FeatureSet (see module docstring).
+
+    ``processor`` replaces the ``FeatureProcessor`` built from ``config.input`` (e.g. a
+    subclass); it must produce the same output layout.
+    """
+    import fedhex_hep
+    from fedhex_hep.featureset import FeatureSet
+    from fedhex_hep.fileset import build_fileset, fileset_files
+    from processors.extraction import FeatureProcessor, file_id
+
+    inp = config.input
+    if executor not in EXECUTORS:
+        raise ExtractionError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    proc = processor if processor is not None else FeatureProcessor.from_config(inp, bins=config.output.bins)
+
+    skipped: list[dict[str, str]] = []
+    empty: list[dict[str, str]] = []
+    fileset = build_fileset(inp.paths, inp.treename, inp.max_depth, skipped=empty)
+
+    def reject(path: str, reason: str) -> None:
+        message = f"{path}: {reason}"
+        if not inp.skip_bad_files:
+            raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
+        warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=3)
+        log.warning("skipping %s", message)
+        skipped.append({"file": path, "reason": reason})
+
+    for item in empty:
+        reject(item["file"], item["reason"])
+
+    # Pre-check every file: names the bad file and reason before coffea starts.
+    entries: dict[str, int] = {}
+    for dataset, path, tree in fileset_files(fileset):
+        reason, n = check_file(path, tree, proc.branches(fileset[dataset]["metadata"]))
+        if reason is not None:
+            reject(path, reason)
+            del fileset[dataset]["files"][path]
+        else:
+            entries[path] = n
+
+    out = None
+    while True:
+        fileset = {ds: entry for ds, entry in fileset.items() if entry["files"]}
+        if not fileset:
+            first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
+            raise ExtractionError(f"no readable input files left: all {len(skipped)} were skipped{first}")
+        try:
+            out = run_processor(
+                fileset,
+                proc,
+                treename=inp.treename,
+                schema=inp.schema,
+                executor=executor,
+                workers=workers,
+                scheduler=scheduler,
+                chunksize=inp.chunksize,
+                progress=progress,
+            )
+            break
+        except Exception as exc:
+            reason, bad = _describe_failure(exc)
+            known = {path for _, path, _ in fileset_files(fileset)}
+            if bad is None or bad not in known or "KilledWorker" in reason or not _is_read_error(exc):
+                raise ExtractionError(f"extraction failed: {reason}") from exc
+            if not inp.skip_bad_files:
+                raise ExtractionError(f"{bad}: {reason}") from exc
+            # a file damaged inside its baskets (not caught by the pre-check): drop it, rerun
+            reject(bad, f"unreadable while processing ({reason})")
+            for entry in fileset.values():
+                entry["files"].pop(bad, None)
+            entries.pop(bad, None)
+
+    columns = {name: acc.value for name, acc in out["columns"].items()}
+    cutflow_raw: dict[str, dict[str, dict[str, int]]] = out["cutflow"]
+    n_rows = len(columns["weight"])
+    total_read = sum(c["read"] for points in cutflow_raw.values() for c in points.values())
+    total_selected = sum(c["selected"] for points in cutflow_raw.values() for c in points.values())
+    expected_read = sum(entries.values())
+    # Never a silently smaller dataset: every entry of every processed file must be accounted for.
+    if total_read != expected_read or total_selected != n_rows:
+        raise ExtractionError(
+            f"extraction lost events: the files hold {expected_read} events but {total_read} were read "
+            f"and {n_rows} of {total_selected} selected rows arrived (a chunk failed or was lost)"
+        )
+    if n_rows == 0:
+        raise ExtractionError(
+            f"selection {inp.selection!r} keeps no events ({total_read} events read from {len(entries)} files)"
+        )
+
+    # File order, then entry order: identical whatever order the chunks finished in.
+    rank = {file_id(path): i for i, (_, path, _) in enumerate(fileset_files(fileset))}
+    file_rank = np.vectorize(rank.__getitem__, otypes=[np.int64])(columns["_fileid"]) if n_rows else columns["_fileid"]
+    order = np.lexsort((columns["_entry"], file_rank))
+    features = np.stack([columns[n][order] for n in proc.features], axis=1)
+    labels = np.stack([columns[n][order] for n in proc.labels], axis=1)
+    weights = columns["weight"][order]
+
+    cutflow = _cutflow_summary(cutflow_raw, list(proc.labels), inp.selection)
+    metadata: dict[str, Any] = {
+        "config": config.to_dict(),
+        "version": fedhex_hep.__version__,
+        "source": "mc",
+        "executor": executor,
+        "files": [path for _, path, _ in fileset_files(fileset)],
+        "cutflow": cutflow,
+        "skipped_files": skipped,
+        "dropped_labels": [],
+        "nonfinite": {"dropped_events": 0, "per_column": {}},
+    }
+    fs = FeatureSet.from_numpy(features, labels, list(proc.features), list(proc.labels), weights, metadata)
+
+    counts = fs.nonfinite_counts()
+    if counts:
+        summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        if inp.nonfinite == "error":
+            raise ExtractionError(
+                f"non-finite values (NaN/inf) in the extracted columns ({summary}); "
+                "set input.nonfinite = 'drop' to drop those events"
+            )
+        fs, n_dropped = fs.drop_nonfinite()
+        log.warning("dropped %d events with non-finite values (%s)", n_dropped, summary)
+        fs.metadata["nonfinite"] = {"dropped_events": n_dropped, "per_column": counts}
+        if len(fs) == 0:
+            raise ExtractionError(f"every selected event has a non-finite feature or label ({summary})")
+
+    if inp.min_events_per_label > 0:
+        fs, dropped = fs.drop_sparse_labels(inp.min_events_per_label)
+        fs.metadata["dropped_labels"] = dropped
+        for item in dropped:
+            log.warning(
+                "dropped label point %s: %d events < input.min_events_per_label = %d",
+                json.dumps(item["label"]),
+                item["events"],
+                inp.min_events_per_label,
+            )
+        if len(fs) == 0:
+            raise ExtractionError(
+                f"every label point has fewer than input.min_events_per_label = {inp.min_events_per_label} "
+                f"selected events ({len(dropped)} points dropped)"
+            )
+    log.info(
+        "extracted %d events at %d label points from %d files (%d skipped)",
+        len(fs),
+        len(fs.label_points()),
+        len(metadata["files"]),
+        len(skipped),
+    )
+    return fs
+
+
+def _cutflow_summary(raw: Mapping[str, Mapping[str, Mapping[str, int]]], label_names: list[str], selection: str) -> dict:
+    per_label = []
+    unlabelled = {"read": 0, "selected": 0}
+    for dataset in sorted(raw):
+        for key in sorted(raw[dataset]):
+            counts = raw[dataset][key]
+            values = json.loads(key)
+            if any(v is None or not np.isfinite(v) for v in values):
+                unlabelled["read"] += counts["read"]
+                unlabelled["selected"] += counts["selected"]
+                continue
+            per_label.append(
+                {
+                    "dataset": dataset,
+                    "label": dict(zip(label_names, values)),
+                    "read": int(counts["read"]),
+                    "selected": int(counts["selected"]),
+                }
+            )
+    read = sum(p["read"] for p in per_label) + unlabelled["read"]
+    selected = sum(p["selected"] for p in per_label) + unlabelled["selected"]
+    return {
+        "selection": selection,
+        "read": read,
+        "selected": selected,
+        "per_label": per_label,
+        "unlabelled": unlabelled,
+    }

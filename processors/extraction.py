@@ -1,0 +1,332 @@
+"""FeatureProcessor: a configurable coffea processor that turns events into training features.
+
+The selection, the features, the labels and the optional weight are expressions of the safe
+expression language (:mod:`fedhex_hep.expressions`) over branch names, e.g. the reference
+analysis::
+
+    FeatureProcessor(
+        features={"phi": "CBL_RecoPhi_mass", "omega": "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]"},
+        labels={"labelphi": "GenPhi_mass[0]", "labelomega": "GenOmega_mass[0]"},
+        selection="CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220",
+    )
+
+Names resolve first to branches -- flat names such as ``Photon_pt`` work with ``BaseSchema``
+and with ``NanoAODSchema`` (``events.Photon.pt``; ``nPhoton`` is the number of photons) --
+then to the dataset's metadata (e.g. ``Phi`` parsed from the folder ``Phi_1870_omega_9p025``),
+a scalar broadcast to every event.
+
+``process(events)`` returns a dict of coffea accumulators that merge across chunks:
+
+- ``"columns"``: ``column_accumulator`` (float64 numpy) per feature, label and ``weight``, plus
+  ``_fileid`` (a stable 63-bit hash of the file name) and ``_entry`` (entry number in the file)
+  so a merged result can be put back in file order whatever order chunks finished in;
+- ``"cutflow"``: ``{dataset: {label point (JSON list): {"read": n, "selected": k}}}`` -- the
+  selection is evaluated on every event, labels too (generator-level labels of unselected
+  events are needed for efficiencies), features and weight only on selected events;
+- ``"hists"``: per feature a ``hist.Hist`` with a ``point`` category axis (the label point,
+  ``"labelphi=1870,labelomega=9.025"``) and the feature axis (``bins`` bins, Weight storage).
+  Features with a fixed ``ranges`` entry are filled in ``process``; the others get an automatic
+  range from the merged data in ``postprocess`` (which coffea's Runner calls).
+
+The processor is stateless and picklable (it only holds the expression texts), so another
+analysis can instantiate it and call ``process`` from its own processor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import awkward as ak
+import numpy as np
+from coffea import processor
+
+from fedhex_hep.expressions import Expression, ExpressionError, compile_expression
+
+__all__ = ["FeatureProcessor", "point_key", "file_id", "resolve_branch"]
+
+SCHEMAS = ("base", "nanoaod")
+
+
+def file_id(filename: str) -> int:
+    """Stable non-negative int64 id of a file name (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(filename.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def point_key(names: Sequence[str], values: Sequence[float]) -> str:
+    """Histogram category of a label point: ``"labelphi=1870,labelomega=9.025"``."""
+    return ",".join(f"{n}={float(v):.10g}" for n, v in zip(names, values))
+
+
+def _point_keys(names: Sequence[str], table: np.ndarray) -> np.ndarray:
+    """Category strings of every row of ``table`` (n, L), computed once per distinct point."""
+    if len(table) == 0:
+        return np.array([], dtype=object)
+    points, inverse = np.unique(np.nan_to_num(table, nan=-np.inf), axis=0, return_inverse=True)
+    strings = np.array([point_key(names, p) for p in points], dtype=object)
+    return strings[inverse.reshape(-1)]
+
+
+def resolve_branch(events: Any, name: str) -> Any | None:
+    """The branch ``name`` of ``events`` under BaseSchema or NanoAODSchema; None if absent.
+
+    Under NanoAODSchema ``Photon_pt`` is ``events.Photon.pt`` (split at the first
+    underscore) and ``nPhoton`` is ``ak.num(events.Photon)``.
+    """
+    fields = events.fields
+    if name in fields:
+        value = events[name]
+        if not value.fields:  # a record (a whole collection) is not a branch
+            return value
+        return None
+    prefix, sep, rest = name.partition("_")
+    if sep and prefix in fields:
+        collection = events[prefix]
+        if rest in collection.fields:
+            return collection[rest]
+    if name.startswith("n") and name[1:] in fields and events[name[1:]].fields:
+        return ak.num(events[name[1:]], axis=1)
+    return None
+
+
+class _Namespace(Mapping[str, Any]):
+    """Names of an expression -> branches of ``events``, then numeric dataset metadata."""
+
+    def __init__(self, events: Any, metadata: Mapping[str, Any]) -> None:
+        self.events = events
+        self.metadata = metadata
+        self.cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.cache:
+            value = resolve_branch(self.events, name)
+            if value is None:
+                if name not in self.metadata:
+                    raise KeyError(name)
+                value = self.metadata[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise KeyError(name)
+                value = np.float64(value)
+            self.cache[name] = value
+        return self.cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+
+def _per_event(value: Any, n: int, what: str, expr: Expression) -> np.ndarray:
+    """One float64 per event (missing -> NaN) from an expression result."""
+    if isinstance(value, ak.Array):
+        if value.ndim != 1:
+            raise ExpressionError(
+                f"{what} = {expr.text!r} gives a list per event; pick one element, e.g. X[0]"
+            )
+        if value.fields:
+            raise ExpressionError(f"{what} = {expr.text!r} is a record, not a number per event")
+        value = ak.fill_none(ak.values_astype(value, np.float64), np.nan)
+        array = ak.to_numpy(value)
+    elif np.ndim(value) == 0:
+        return np.full(n, np.float64(value))
+    else:
+        array = np.asarray(value)
+    array = np.asarray(array, dtype=np.float64)
+    if array.shape != (n,):
+        raise ExpressionError(f"{what} = {expr.text!r} gives shape {array.shape}, expected ({n},)")
+    return array
+
+
+def _mask(value: Any, n: int, expr: Expression) -> np.ndarray:
+    """Selection result -> boolean mask; missing values and NaN are False."""
+    column = _per_event(value, n, "selection", expr)
+    return (column != 0) & ~np.isnan(column)
+
+
+class FeatureProcessor(processor.ProcessorABC):
+    """Selection + features + labels + weight from expression strings (see module docstring).
+
+    ``ranges`` optionally fixes the histogram range ``(lo, hi)`` (GeV) of some features.
+    """
+
+    def __init__(
+        self,
+        features: Mapping[str, str],
+        labels: Mapping[str, str],
+        selection: str = "",
+        weight: str = "",
+        schema: str = "base",
+        bins: int = 40,
+        ranges: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        if not features:
+            raise ValueError("FeatureProcessor needs at least one feature")
+        if schema not in SCHEMAS:
+            raise ValueError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
+        self.features = {str(k): str(v) for k, v in features.items()}
+        self.labels = {str(k): str(v) for k, v in labels.items()}
+        self.selection = selection.strip()
+        self.weight = weight.strip()
+        self.schema = schema
+        self.bins = int(bins)
+        self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (ranges or {}).items()}
+        names = [*self.features, *self.labels]
+        if len(set(names)) != len(names) or "weight" in names:
+            raise ValueError("feature and label names must be distinct and not 'weight'")
+        # Compile now: a bad expression fails at construction, before any file is opened.
+        self._compiled()
+
+    @classmethod
+    def from_config(cls, input_config: Any, bins: int = 40) -> "FeatureProcessor":
+        """Build from ``Config.input`` (an ``InputConfig``)."""
+        return cls(
+            features=input_config.features,
+            labels=input_config.labels,
+            selection=input_config.selection,
+            weight=input_config.weight,
+            schema=input_config.schema,
+            bins=bins,
+        )
+
+    def _compiled(self) -> dict[str, Any]:
+        def compile_one(key: str, text: str) -> Expression:
+            try:
+                return compile_expression(text)
+            except ExpressionError as exc:
+                raise ExpressionError(f"{key}: {exc}") from None
+
+        return {
+            "selection": compile_one("selection", self.selection) if self.selection else None,
+            "weight": compile_one("weight", self.weight) if self.weight else None,
+            "features": {n: compile_one(f"feature {n!r}", t) for n, t in self.features.items()},
+            "labels": {n: compile_one(f"label {n!r}", t) for n, t in self.labels.items()},
+        }
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name the expressions read (branches or metadata keys)."""
+        compiled = self._compiled()
+        exprs = [*compiled["features"].values(), *compiled["labels"].values()]
+        exprs += [e for e in (compiled["selection"], compiled["weight"]) if e is not None]
+        return frozenset().union(*(e.names for e in exprs))
+
+    def branches(self, metadata: Mapping[str, Any] | None = None) -> list[str]:
+        """Names that must be branches of the tree: all names except the metadata keys."""
+        metadata = metadata or {}
+        return sorted(n for n in self.names if n not in metadata)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [*self.features, *self.labels, "weight"]
+
+    def _new_hist(self, name: str, lo: float, hi: float) -> Any:
+        import hist
+
+        return (
+            hist.Hist.new.StrCat([], name="point", label="label point", growth=True)
+            .Reg(self.bins, lo, hi, name=name, label=f"{name} [GeV]")
+            .Weight()
+        )
+
+    def process(self, events: Any) -> dict[str, Any]:
+        compiled = self._compiled()
+        metadata = dict(getattr(events, "metadata", None) or {})
+        dataset = str(metadata.get("dataset", ""))
+        filename = str(metadata.get("filename", ""))
+        where = f" (file {filename})" if filename else ""
+        n = len(events)
+
+        def evaluate(expr: Expression, namespace: _Namespace, what: str) -> Any:
+            try:
+                return expr.evaluate(namespace)
+            except ExpressionError as exc:
+                raise ExpressionError(f"{what}: {exc}{where}") from None
+
+        everything = _Namespace(events, metadata)
+        if compiled["selection"] is None:
+            mask = np.ones(n, dtype=bool)
+        else:
+            sel = compiled["selection"]
+            mask = _mask(evaluate(sel, everything, "selection"), n, sel)
+        label_names = list(self.labels)
+        labels_all = {
+            name: _per_event(evaluate(e, everything, f"label {name!r}"), n, f"label {name!r}", e)
+            for name, e in compiled["labels"].items()
+        }
+        selected = events[mask]
+        n_sel = int(mask.sum())
+        chosen = _Namespace(selected, metadata)
+        columns: dict[str, np.ndarray] = {}
+        for name, expr in compiled["features"].items():
+            value = evaluate(expr, chosen, f"feature {name!r}")
+            columns[name] = _per_event(value, n_sel, f"feature {name!r}", expr)
+        for name in label_names:
+            columns[name] = labels_all[name][mask]
+        if compiled["weight"] is None:
+            columns["weight"] = np.ones(n_sel)
+        else:
+            w = compiled["weight"]
+            columns["weight"] = _per_event(evaluate(w, chosen, "weight"), n_sel, "weight", w)
+        entry_start = int(metadata.get("entrystart", 0) or 0)
+        columns["_fileid"] = np.full(n_sel, file_id(filename), dtype=np.int64)
+        columns["_entry"] = (np.flatnonzero(mask) + entry_start).astype(np.int64)
+
+        # cutflow per label point: events read and selected
+        cutflow: dict[str, dict[str, dict[str, int]]] = {dataset: {}}
+        if label_names:
+            table = np.stack([labels_all[k] for k in label_names], axis=1)
+        else:
+            table = np.zeros((n, 0))
+        sentinel = np.nan_to_num(table, nan=-np.inf)
+        if n:
+            points, inverse = np.unique(sentinel, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            read = np.bincount(inverse, minlength=len(points))
+            sel_counts = np.bincount(inverse[mask], minlength=len(points))
+            for i, point in enumerate(points):
+                values = [None if v == -np.inf else float(v) for v in point]
+                cutflow[dataset][json.dumps(values)] = {"read": int(read[i]), "selected": int(sel_counts[i])}
+
+        hists = {}
+        if self.ranges:
+            keys = _point_keys(label_names, table[mask])
+            for name, (lo, hi) in self.ranges.items():
+                if name not in self.features:
+                    continue
+                h = self._new_hist(name, lo, hi)
+                if n_sel:
+                    h.fill(point=keys, **{name: columns[name]}, weight=columns["weight"])
+                hists[name] = h
+
+        return {
+            "columns": {k: processor.column_accumulator(v) for k, v in columns.items()},
+            "cutflow": cutflow,
+            "hists": hists,
+        }
+
+    def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
+        """Fill automatic-range histograms for the features without a fixed range."""
+        columns = {k: v.value for k, v in accumulator["columns"].items()}
+        label_names = list(self.labels)
+        hists = dict(accumulator.get("hists") or {})
+        weight = columns["weight"]
+        table = np.stack([columns[k] for k in label_names], axis=1) if label_names else np.zeros((len(weight), 0))
+        keys = _point_keys(label_names, table)
+        for name in self.features:
+            if name in hists:
+                continue
+            values = columns[name]
+            finite = np.isfinite(values)
+            lo, hi = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 1.0)
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            hi = float(np.nextafter(hi, np.inf))  # include the maximum in the last bin
+            h = self._new_hist(name, lo, hi)
+            if finite.any():
+                h.fill(point=keys[finite], **{name: values[finite]}, weight=weight[finite])
+            hists[name] = h
+        accumulator["hists"] = hists
+        return accumulator

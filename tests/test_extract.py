@@ -1,0 +1,353 @@
+"""Extraction on real CMS NanoAOD and the demo grid, checked against independent uproot reads;
+bad input files, empty selections, non-finite values, sparse labels, filesets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from fedhex_hep.config import load_config
+from fedhex_hep.extract import BadFileWarning, ExtractionError, extract
+from fedhex_hep.fileset import FilesetError, build_fileset
+
+MLL = "sqrt(2*Muon_pt[0]*Muon_pt[1]*(cosh(Muon_eta[0]-Muon_eta[1]) - cos(Muon_phi[0]-Muon_phi[1])))"
+NANO_FILES = {"dy": "nano_dy.root", "dimuon": "nano_dimuon.root", "ttbar": "nanoAOD_2015_CMS_Open_Data_ttbar.root"}
+NANO_LABEL = {"dy": 91.0, "dimuon": 50.0, "ttbar": 172.5}
+
+
+@pytest.fixture(scope="module")
+def nano_fileset(nanoaod_dir, tmp_path_factory) -> Path:
+    """A coffea-style JSON fileset over the real NanoAOD files with a per-dataset label."""
+    path = tmp_path_factory.mktemp("fileset") / "fileset.json"
+    data = {
+        name: {"files": {str(nanoaod_dir / f): "Events"}, "metadata": {"refmass": NANO_LABEL[name]}}
+        for name, f in NANO_FILES.items()
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def nano_config(fileset: Path, **extra):
+    overrides = {
+        "input.paths": [str(fileset)],
+        "input.features": {"mll": MLL, "pt2": "Muon_pt[1]"},
+        "input.labels": {"refmass": "refmass"},
+        "input.selection": "nMuon >= 2",
+        "input.min_events_per_label": 0,
+        "input.chunksize": 100,
+    }
+    overrides.update(extra)
+    return load_config(overrides=overrides)
+
+
+def reference_dimuon(nanoaod_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Independent uproot + awkward computation: (mll, pt2, label, {dataset: (read, selected)})."""
+    mll, pt2, lab, counts = [], [], [], {}
+    for name in sorted(NANO_FILES):  # build_fileset sorts datasets
+        arrays = uproot.open(nanoaod_dir / NANO_FILES[name])["Events"].arrays(
+            ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi"]
+        )
+        sel = arrays[arrays.nMuon >= 2]
+        pt, eta, phi = (ak.to_numpy(sel[f"Muon_{v}"][:, :2]).astype(np.float64) for v in ("pt", "eta", "phi"))
+        m = np.sqrt(2 * pt[:, 0] * pt[:, 1] * (np.cosh(eta[:, 0] - eta[:, 1]) - np.cos(phi[:, 0] - phi[:, 1])))
+        mll.append(m)
+        pt2.append(pt[:, 1])
+        lab.append(np.full(len(m), NANO_LABEL[name]))
+        counts[name] = (len(arrays), len(sel))
+    return np.concatenate(mll), np.concatenate(pt2), np.concatenate(lab), counts
+
+
+@pytest.mark.parametrize("schema", ["base", "nanoaod"])
+def test_dimuon_mass_on_real_nanoaod_matches_uproot(nano_fileset, nanoaod_dir, schema):
+    fs = extract(nano_config(nano_fileset, **{"input.schema": schema}), progress=False)
+    mll, pt2, lab, counts = reference_dimuon(nanoaod_dir)
+    assert len(fs) == len(mll) > 20
+    np.testing.assert_allclose(fs.column("mll"), mll, rtol=1e-6)
+    np.testing.assert_allclose(fs.column("pt2"), pt2, rtol=1e-6)
+    np.testing.assert_array_equal(fs.column("refmass"), lab)  # label from fileset metadata
+    assert np.all(fs.weights == 1.0)
+    cutflow = fs.metadata["cutflow"]
+    assert cutflow["selection"] == "nMuon >= 2"
+    got = {p["dataset"]: (p["read"], p["selected"]) for p in cutflow["per_label"]}
+    assert got == counts
+    assert cutflow["read"] == sum(c[0] for c in counts.values())
+    assert fs.metadata["config"]["input"]["selection"] == "nMuon >= 2"
+    assert fs.metadata["skipped_files"] == [] and fs.metadata["source"] == "mc"
+
+
+def test_processor_histograms_and_cutflow_merge_across_chunks(nanoaod_dir):
+    from coffea import processor
+    from coffea.nanoevents import BaseSchema
+
+    from processors.extraction import FeatureProcessor
+
+    proc = FeatureProcessor({"mll": MLL}, {"n": "nMuon"}, selection="nMuon >= 2", bins=20, ranges={"mll": (0, 200)})
+    fileset = {"dy": {"files": {str(nanoaod_dir / "nano_dy.root"): "Events"}, "metadata": {}}}
+    runner = processor.Runner(processor.IterativeExecutor(status=False, retries=0), schema=BaseSchema, chunksize=15)
+    out = runner(fileset, proc, treename="Events")
+    mll = out["columns"]["mll"].value
+    n = out["columns"]["n"].value
+    h = out["hists"]["mll"]
+    assert h.axes[1].edges[0] == 0 and h.axes[1].edges[-1] == 200 and h.axes[1].size == 20
+    for value in np.unique(n):
+        expected, _ = np.histogram(mll[n == value], bins=20, range=(0, 200))
+        np.testing.assert_array_equal(h[f"n={value:g}", :].values(), expected)
+    arrays = uproot.open(nanoaod_dir / "nano_dy.root")["Events"].arrays(["nMuon"])
+    nmu = ak.to_numpy(arrays.nMuon)
+    cutflow = out["cutflow"]["dy"]
+    for value in np.unique(nmu):
+        entry = cutflow[json.dumps([float(value)])]
+        assert entry == {"read": int((nmu == value).sum()), "selected": int((nmu == value).sum()) if value >= 2 else 0}
+
+
+@pytest.mark.filterwarnings("ignore:Missing cross-reference:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:Branch .* already exists:RuntimeWarning")
+def test_processor_embedded_in_another_processor(nanoaod_dir):
+    """Someone else's analysis instantiates FeatureProcessor and calls it from its own process."""
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    from processors.extraction import FeatureProcessor
+
+    class MyAnalysis(processor.ProcessorABC):
+        def __init__(self):
+            self.features = FeatureProcessor({"mll": MLL}, {"one": "1"}, selection="nMuon >= 2", schema="nanoaod")
+
+        def process(self, events):
+            return {"fedhex": self.features.process(events), "n": len(events)}
+
+        def postprocess(self, accumulator):
+            accumulator["fedhex"] = self.features.postprocess(accumulator["fedhex"])
+            return accumulator
+
+    fileset = {"dy": [str(nanoaod_dir / "nano_dy.root")]}
+    runner = processor.Runner(processor.IterativeExecutor(status=False, retries=0), schema=NanoAODSchema, chunksize=10)
+    out = runner(fileset, MyAnalysis(), treename="Events")
+    assert out["n"] == 40
+    mll = out["fedhex"]["columns"]["mll"].value
+    assert out["fedhex"]["hists"]["mll"].sum().value == len(mll) > 0
+
+
+def reference_demo_counts(demo_dir: Path) -> dict[tuple[float, float], int]:
+    """Independent count of the default selection per generator mass point."""
+    counts: dict[tuple[float, float], int] = {}
+    for file in sorted(demo_dir.glob("*/*.root")):
+        a = uproot.open(file)["Events"].arrays(
+            ["CBL_Region", "Photon_pt", "CBL_RecoPhi_photonindex", "GenPhi_mass", "GenOmega_mass"]
+        )
+        idx = a.CBL_RecoPhi_photonindex
+        valid = (idx >= 0) & (idx < ak.num(a.Photon_pt))
+        safe = ak.where(valid, idx, 0)
+        pt = _take(a.Photon_pt, safe)
+        sel = (a.CBL_Region == 1) & valid & (pt > 220)
+        phi = ak.to_numpy(a.GenPhi_mass[:, 0][sel])
+        omega = ak.to_numpy(a.GenOmega_mass[:, 0][sel])
+        for p, o in zip(phi, omega):
+            counts[(float(p), float(o))] = counts.get((float(p), float(o)), 0) + 1
+    return counts
+
+
+def _take(jagged, index):
+    """jagged[i, index[i]] for in-range indices (others 0), with awkward's local_index."""
+    local = ak.local_index(jagged)
+    return ak.fill_none(ak.firsts(jagged[local == index]), -1.0)
+
+
+def test_demo_grid_default_config_counts_match_uproot(demo_dir, monkeypatch):
+    monkeypatch.chdir(demo_dir.parents[1])
+    cfg = load_config()  # the shipped default config: input.paths = ["data/demo"]
+    fs = extract(cfg, progress=False)
+    reference = reference_demo_counts(demo_dir)
+    points, counts = fs.counts_per_label()
+    got = {(float(p[0]), float(p[1])): int(c) for p, c in zip(points, counts)}
+    kept = {k: v for k, v in reference.items() if v >= cfg.input.min_events_per_label}
+    assert got == kept
+    assert len(got) == len(list(demo_dir.glob("*/")))
+    # cutflow per point: every event read, and the selected count
+    per_label = {(p["label"]["labelphi"], p["label"]["labelomega"]): p for p in fs.metadata["cutflow"]["per_label"]}
+    for point, n in reference.items():
+        assert per_label[point]["selected"] == n
+        assert 0 < per_label[point]["selected"] < per_label[point]["read"]
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+
+
+def _write_tree(path: Path, branches: dict[str, np.ndarray], tree: str = "Events") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with uproot.recreate(path) as f:
+        f[tree] = branches
+    return path
+
+
+@pytest.fixture()
+def bad_grid(tmp_path, demo_dir) -> dict[str, Path]:
+    """Two good demo points plus one bad file of each kind, in mass-point folders."""
+    good = sorted(demo_dir.glob("*/*.root"))[:2]
+    files = {}
+    for i, src in enumerate(good):
+        (tmp_path / src.parent.name).mkdir()
+        files[f"good{i}"] = Path(shutil.copy(src, tmp_path / src.parent.name / "nano_0.root"))
+    zero = tmp_path / "Phi_5000_omega_1" / "nano_0.root"
+    zero.parent.mkdir()
+    zero.touch()
+    files["zero"] = zero
+    data = (tmp_path / src.parent.name / "nano_0.root").read_bytes()
+    truncated = tmp_path / "Phi_5000_omega_2p5" / "nano_0.root"
+    truncated.parent.mkdir()
+    truncated.write_bytes(data[: len(data) // 2])
+    files["truncated"] = truncated
+    files["notree"] = _write_tree(tmp_path / "Phi_5000_omega_5" / "nano_0.root", {"x": np.arange(5.0)}, tree="Other")
+    arrays = uproot.open(good[0])["Events"].arrays(library="ak")
+    flat = {k: arrays[k] for k in ak.fields(arrays) if k != "CBL_RecoPhi_mass" and not k.startswith("n")}
+    files["nobranch"] = _write_tree(tmp_path / "Phi_5000_omega_7p5" / "nano_0.root", flat)
+    return files
+
+
+BAD_REASONS = {
+    "zero": "empty file (0 bytes)",
+    "truncated": "truncated",
+    "notree": "no TTree 'Events'",
+    "nobranch": "branch 'CBL_RecoPhi_mass' is missing",
+}
+
+
+def _config(paths, **extra):
+    overrides = {"input.paths": [str(p) for p in paths], "input.min_events_per_label": 0}
+    overrides.update(extra)
+    return load_config(overrides=overrides)
+
+
+def test_bad_files_skipped_with_warning_and_listed(bad_grid, tmp_path):
+    with pytest.warns(BadFileWarning) as record:
+        fs = extract(_config([tmp_path]), progress=False)
+    messages = [str(w.message) for w in record]
+    skipped = {item["file"]: item["reason"] for item in fs.metadata["skipped_files"]}
+    for kind, reason in BAD_REASONS.items():
+        path = str(bad_grid[kind])
+        assert path in skipped and reason in skipped[path], (kind, skipped)
+        assert any(path in m and reason in m for m in messages), kind
+    assert all("\n" not in m for m in messages)
+    good = extract(_config([bad_grid["good0"], bad_grid["good1"]]), progress=False)
+    np.testing.assert_array_equal(fs.features, good.features)
+    assert len(fs.label_points()) == 2
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REASONS))
+def test_bad_file_is_error_when_not_skipping(bad_grid, kind):
+    cfg = _config([bad_grid["good0"], bad_grid[kind]], **{"input.skip_bad_files": False})
+    with pytest.raises(ExtractionError) as info:
+        extract(cfg, progress=False)
+    message = str(info.value)
+    assert str(bad_grid[kind]) in message and BAD_REASONS[kind] in message and "\n" not in message
+
+
+def test_missing_branch_names_branch_and_file(bad_grid):
+    cfg = _config([bad_grid["nobranch"]], **{"input.skip_bad_files": False})
+    with pytest.raises(ExtractionError, match=r"nano_0\.root: branch 'CBL_RecoPhi_mass' is missing from tree 'Events'"):
+        extract(cfg, progress=False)
+
+
+def test_corrupt_basket_detected_while_processing(tmp_path, demo_dir):
+    """Garbage inside a basket (size intact): found by coffea, named, skipped, rest complete."""
+    src = sorted(demo_dir.glob("*/*.root"))
+    (tmp_path / src[0].parent.name).mkdir()
+    good = Path(shutil.copy(src[0], tmp_path / src[0].parent.name / "nano_0.root"))
+    bad_dir = tmp_path / src[1].parent.name
+    bad_dir.mkdir()
+    bad = bad_dir / "nano_0.root"
+    shutil.copy(src[1], bad)
+    branch = uproot.open(bad)["Events"]["CBL_RecoPhi_mass"]
+    seek, nbytes = int(branch.member("fBasketSeek")[0]), int(branch.member("fBasketBytes")[0])
+    raw = bytearray(bad.read_bytes())
+    key_len = nbytes // 4  # keep the basket key readable, scramble the compressed payload
+    raw[seek + key_len + 16 : seek + nbytes] = np.random.default_rng(1).integers(0, 256, nbytes - key_len - 16, dtype=np.uint8).tobytes()
+    bad.write_bytes(bytes(raw))
+    with pytest.warns(BadFileWarning, match=str(bad)):
+        fs = extract(_config([tmp_path]), progress=False)
+    assert [s["file"] for s in fs.metadata["skipped_files"]] == [str(bad)]
+    clean = extract(_config([good]), progress=False)
+    np.testing.assert_array_equal(fs.features, clean.features)
+    with pytest.raises(ExtractionError, match=str(bad)):
+        extract(_config([tmp_path], **{"input.skip_bad_files": False}), progress=False)
+
+
+def test_selection_keeping_nothing_names_selection(demo_dir):
+    cfg = _config([sorted(demo_dir.glob("*/*.root"))[0]], **{"input.selection": "CBL_Region == 1 and CBL_RecoPhi_mass < 0"})
+    with pytest.raises(ExtractionError, match=r"selection 'CBL_Region == 1 and CBL_RecoPhi_mass < 0' keeps no events"):
+        extract(cfg, progress=False)
+
+
+def test_malicious_expression_in_config_refused_before_reading(demo_dir):
+    cfg = _config([demo_dir], **{"input.features": {"phi": "CBL_RecoPhi_mass.__class__"}})
+    with pytest.raises(ValueError, match="feature 'phi'.*attribute access is not allowed"):
+        extract(cfg, progress=False)
+
+
+def test_jagged_feature_is_refused(demo_dir):
+    cfg = _config([sorted(demo_dir.glob("*/*.root"))[0]], **{"input.features": {"phi": "Photon_pt"}})
+    with pytest.raises(ExtractionError, match=r"feature 'phi' = 'Photon_pt' gives a list per event"):
+        extract(cfg, progress=False)
+
+
+def test_nonfinite_dropped_with_count_or_error(demo_dir):
+    file = sorted(demo_dir.glob("*/*.root"))[0]
+    feature = {"phi": "log(CBL_RecoPhi_mass - 1000)", "omega": "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]"}
+    fs = extract(_config([file], **{"input.features": feature}), progress=False)
+    arrays = uproot.open(file)["Events"].arrays(["CBL_Region", "CBL_RecoPhi_mass"])
+    selected = fs.metadata["cutflow"]["selected"]
+    assert fs.metadata["nonfinite"]["dropped_events"] == selected - len(fs) > 0
+    assert fs.metadata["nonfinite"]["per_column"]["phi"] > 0
+    assert np.all(np.isfinite(fs.features))
+    assert len(arrays) == fs.metadata["cutflow"]["read"]
+    with pytest.raises(ExtractionError, match=r"non-finite values .*phi"):
+        extract(_config([file], **{"input.features": feature, "input.nonfinite": "error"}), progress=False)
+
+
+def test_sparse_labels_dropped_and_reported(demo_dir):
+    files = sorted(demo_dir.glob("*/*.root"))[:3]
+    fs_all = extract(_config(files), progress=False)
+    points, counts = fs_all.counts_per_label()
+    threshold = int(np.sort(counts)[1])  # drops exactly the smallest point
+    fs = extract(_config(files, **{"input.min_events_per_label": threshold}), progress=False)
+    dropped = fs.metadata["dropped_labels"]
+    assert len(dropped) == 1 and dropped[0]["events"] == int(counts.min())
+    assert len(fs) == len(fs_all) - int(counts.min())
+
+
+def test_fileset_folder_glob_json(tmp_path, demo_dir):
+    fs = build_fileset([demo_dir], "Events", 3)
+    assert "Phi_1000_omega_2p5" in fs
+    assert fs["Phi_1000_omega_2p5"]["metadata"] == {"Phi": 1000.0, "omega": 2.5}
+    globbed = build_fileset([str(demo_dir / "Phi_1000_*" / "*.root")], "Events", 3)
+    assert set(globbed) == {d for d in fs if d.startswith("Phi_1000_")}
+    # depth bound and case-insensitive suffix
+    deep = tmp_path / "a" / "b" / "Phi_1_omega_2"
+    deep.mkdir(parents=True)
+    shutil.copy(sorted(demo_dir.glob("*/*.root"))[0], deep / "X.ROOT")
+    assert "Phi_1_omega_2" in build_fileset([tmp_path], "Events", 3)
+    with pytest.raises(FilesetError, match="no .root files found"):
+        build_fileset([tmp_path], "Events", 1)
+    js = tmp_path / "fs.json"
+    js.write_text(json.dumps({"sig": {"files": ["a/b/Phi_1_omega_2/X.ROOT"], "metadata": {"m": 5}}}))
+    loaded = build_fileset([js], "Events", 3)
+    assert loaded == {"sig": {"files": {str(deep / "X.ROOT"): "Events"}, "metadata": {"m": 5}}}
+    with pytest.raises(FilesetError, match="does not exist"):
+        build_fileset([tmp_path / "nope"], "Events", 3)
+    empty = tmp_path / "e" / "Phi_2_omega_3"
+    empty.mkdir(parents=True)
+    (empty / "z.root").touch()
+    shutil.copy(deep / "X.ROOT", empty / "y.root")
+    skipped: list = []
+    out = build_fileset([tmp_path / "e"], "Events", 3, skipped=skipped)
+    assert list(out["Phi_2_omega_3"]["files"]) == [str(empty / "y.root")]
+    assert skipped == [{"file": str(empty / "z.root"), "reason": "empty file (0 bytes)"}]
+    with pytest.warns(UserWarning, match="z.root: empty file"):
+        build_fileset([tmp_path / "e"], "Events", 3)
