@@ -5,8 +5,9 @@ relative 1e-6):
 
 - per feature: generated vs MC overlaid (generated scaled to the MC yield, statistical error
   bars of both), ratio panel, and chi2/ndf (``metrics.chi2_ndf``: normalised shapes, errors of
-  both samples, over ``bins`` equal bins spanning the MC's 0.5-99.5% quantiles at that point,
-  or the edges given) and the KS p-value (``metrics.ks_test``) computed and printed on the plot;
+  both samples, over the plotted bins: ``bins`` equal bins over the core of the MC at that point,
+  see :func:`core_edges`, or the edges given) and the KS p-value (``metrics.ks_test``, all
+  events) computed and printed on the plot with the fraction of events outside the bins;
 - per feature pair: the 2D distribution, generated | MC side by side;
 
 plus an overview of all mass points in the label plane (reconstructed masses of all points,
@@ -32,7 +33,7 @@ from fedhex_hep.atomic import OutputError, atomic_write_text, check_writable
 from fedhex_hep.export import point_tag
 from fedhex_hep.featureset import FeatureSet
 
-__all__ = ["CompareError", "compare", "plot_loss", "point_metrics"]
+__all__ = ["CompareError", "compare", "core_edges", "plot_loss", "point_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,52 @@ def _title(label_names: Sequence[str], point: Sequence[float]) -> str:
     return ", ".join(f"{n} = {float(v):g} GeV" for n, v in zip(label_names, point))
 
 
-def _edges(feature: str, mc_values: np.ndarray, bins: int | Mapping[str, Any]) -> np.ndarray:
-    from fedhex_hep.metrics import quantile_edges
+def core_edges(ref: np.ndarray, bins: int = 40, width: float = 6.0) -> np.ndarray:
+    """``bins`` equal bins over the core of the reference (MC) sample, GeV.
 
+    Range: median +- ``width`` robust standard deviations (IQR / 1.349), clipped to the
+    reference's 0.5-99.5% quantiles. Long low-side tails (mis-pairing, acceptance) would
+    otherwise squeeze the peak into a few bins; the fraction of events outside the range is
+    reported separately (``outside_generated`` / ``outside_mc``).
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    ref = ref[np.isfinite(ref)]
+    if ref.size == 0:
+        raise CompareError("cannot choose a binning from an empty MC sample")
+    q_lo, q25, med, q75, q_hi = np.quantile(ref, [0.005, 0.25, 0.5, 0.75, 0.995])
+    sigma = (q75 - q25) / 1.349
+    lo, hi = max(q_lo, med - width * sigma), min(q_hi, med + width * sigma)
+    if not hi > lo:
+        half = max(abs(med) * 1e-6, 1e-12)
+        lo, hi = med - half, med + half
+    return np.linspace(lo, hi, int(bins) + 1)
+
+
+def _edges(feature: str, mc_values: np.ndarray, bins: int | Mapping[str, Any]) -> np.ndarray:
     spec = bins.get(feature, 40) if isinstance(bins, Mapping) else bins
     if np.ndim(spec) == 0:
-        return quantile_edges(mc_values, int(spec))
+        if int(spec) < 1:
+            raise CompareError(f"bins for feature {feature!r} must be >= 1, got {spec!r}")
+        return core_edges(mc_values, int(spec))
     edges = np.asarray(spec, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
         raise CompareError(f"bin edges for feature {feature!r} must be a strictly increasing list of >= 2 numbers")
     return edges
 
 
+def _outside(values: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> float:
+    out = (values < edges[0]) | (values >= edges[-1])
+    return float(weights[out].sum() / weights.sum())
+
+
 def point_metrics(
     gen: FeatureSet, mc: FeatureSet, bins: int | Mapping[str, Any] = 40
 ) -> dict[str, dict[str, float]]:
-    """chi2/ndf and KS per feature between two FeatureSets at ONE mass point (shapes)."""
+    """chi2/ndf and KS per feature between two FeatureSets at ONE mass point (shapes).
+
+    chi2 over the plotted bins (:func:`core_edges` of the MC, or the edges given), KS over all
+    events; ``outside_*`` is the weighted fraction of each sample outside the bins.
+    """
     from fedhex_hep.metrics import chi2_ndf, ks_test
 
     out: dict[str, dict[str, float]] = {}
@@ -78,7 +109,10 @@ def point_metrics(
             "ks_pvalue": float(ks.pvalue),
             "n_generated": int(len(a)),
             "n_mc": int(len(b)),
-            "edges": [float(edges[0]), float(edges[-1]), int(len(edges) - 1)],
+            "range": [float(edges[0]), float(edges[-1])],
+            "bins": int(len(edges) - 1),
+            "outside_generated": _outside(a, gen.weights, edges),
+            "outside_mc": _outside(b, mc.weights, edges),
         }
     return out
 
@@ -160,7 +194,8 @@ def compare(
             res = per_feature[f]
             text = (
                 f"$\\chi^2$/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
-                f"KS p-value = {res['ks_pvalue']:.3g}"
+                f"KS p-value = {res['ks_pvalue']:.3g}\n"
+                f"outside: gen {100 * res['outside_generated']:.1f}%, MC {100 * res['outside_mc']:.1f}%"
             )
             fig = plot_overlay(
                 g.column(f),

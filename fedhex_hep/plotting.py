@@ -177,7 +177,7 @@ def plot_overlay(
 
 
 def _edges_for_plane(values: np.ndarray, n: int) -> np.ndarray:
-    lo, hi = np.quantile(values, [0.001, 0.999])
+    lo, hi = np.quantile(values, [0.01, 0.999])  # 1%: keep sparse low-side tails from dominating
     if lo > 0 and hi / lo > 5:
         # a grid over an order of magnitude: log bins, with a margin so edge points show whole
         return np.geomspace(lo / 1.15, hi * 1.15, n + 1)

@@ -10,7 +10,7 @@ from scipy import stats
 
 from fedhex_hep import metrics
 from fedhex_hep.atomic import OutputError
-from fedhex_hep.compare import CompareError, compare, plot_loss
+from fedhex_hep.compare import CompareError, compare, core_edges, plot_loss
 from fedhex_hep.featureset import FeatureSet
 from fedhex_hep.plotting import PlotError
 
@@ -63,7 +63,7 @@ def test_compare_files_and_metrics(tmp_path, history):
     g, m = gen.at_label([1870.0, 9.025]), mc.at_label([1870.0, 9.025])
     for feature in FEATURES:
         got = result["metrics"][tag]["features"][feature]
-        edges = metrics.quantile_edges(m.column(feature), 30)
+        edges = core_edges(m.column(feature), 30)
         chi2 = metrics.chi2_ndf(g.column(feature), m.column(feature), edges, g.weights, m.weights)
         ks = metrics.ks_test(g.column(feature), m.column(feature))
         assert got["chi2"] == chi2.chi2 and got["ndf"] == chi2.ndf == 29
@@ -73,8 +73,22 @@ def test_compare_files_and_metrics(tmp_path, history):
         assert got["ks_pvalue"] == pytest.approx(stats.ks_2samp(g.column(feature), m.column(feature)).pvalue)
         # same distribution: chi2/ndf of order 1, not a placeholder
         assert 0.3 < got["chi2_ndf"] < 2.5
+        outside = (m.column(feature) < edges[0]) | (m.column(feature) >= edges[-1])
+        assert got["outside_mc"] == pytest.approx(m.weights[outside].sum() / m.weights.sum())
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["metrics"] == result["metrics"]
+
+
+def test_core_edges_focus_on_the_peak():
+    rng = np.random.default_rng(0)
+    peak = rng.normal(2000.0, 40.0, 9000)
+    tail = rng.uniform(300.0, 1900.0, 1000)  # a long low-side continuum
+    ref = np.concatenate([peak, tail])
+    edges = core_edges(ref, 40)
+    q25, med, q75 = np.quantile(ref, [0.25, 0.5, 0.75])
+    assert edges[0] == pytest.approx(med - 6 * (q75 - q25) / 1.349)
+    assert edges[-1] == pytest.approx(np.quantile(ref, 0.995))  # clipped to the 99.5% quantile
+    assert len(edges) == 41 and np.diff(edges)[0] < 40  # bins narrower than the peak width
 
 
 def test_shifted_generation_is_flagged(tmp_path):
