@@ -351,3 +351,22 @@ def test_fileset_folder_glob_json(tmp_path, demo_dir):
     assert skipped == [{"file": str(empty / "z.root"), "reason": "empty file (0 bytes)"}]
     with pytest.warns(UserWarning, match="z.root: empty file"):
         build_fileset([tmp_path / "e"], "Events", 3)
+
+
+def test_lost_chunk_is_loud_not_a_smaller_dataset(demo_dir, monkeypatch):
+    """If a chunk's output goes missing (executor bug, lost worker), the event count check fails."""
+    import fedhex_hep.extract as extract_module
+
+    real = extract_module.run_processor
+
+    def drop_one_chunk(fileset, proc, **kwargs):
+        out = real(fileset, proc, **kwargs)
+        keep = out["columns"]["_entry"].value >= 100  # pretend the chunk [0, 100) of the file vanished
+        for acc in out["columns"].values():
+            acc._value = acc.value[keep]
+        return out
+
+    monkeypatch.setattr(extract_module, "run_processor", drop_one_chunk)
+    cfg = _config([sorted(demo_dir.glob("*/*.root"))[0]], **{"input.chunksize": 100})
+    with pytest.raises(ExtractionError, match="extraction lost events"):
+        extract(cfg, progress=False)
