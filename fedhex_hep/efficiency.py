@@ -13,7 +13,8 @@ Method of :class:`EfficiencyModel` (a logistic model fitted by weighted least sq
     logit(eff(m)) = sum_j beta_j * P_j(x),   x_i = (log m_i - mean_i) / scale_i
 
 where ``P_j`` are all monomials of the standardised log masses ``x`` up to total degree
-``degree`` (default 2: for two labels 1, x1, x2, x1^2, x1 x2, x2^2). The empirical logit of
+``degree`` (e.g. 2 for two labels: 1, x1, x2, x1^2, x1 x2, x2^2; by default the degree in
+0..3 with the smallest Akaike criterion chi2 + 2 k is chosen). The empirical logit of
 each measured point, ``log((k + 1/2) / (n - k + 1/2))``, is fitted with weights equal to the
 inverse of its variance ``1/(k + 1/2) + 1/(n - k + 1/2)`` (the continuity-corrected empirical
 logit, finite even at 0% or 100%). When only efficiencies and errors are known, the variance
@@ -230,15 +231,19 @@ def _expit(x: np.ndarray) -> np.ndarray:
 class EfficiencyModel:
     """Smooth efficiency as a function of the masses (logistic polynomial in log masses).
 
-    See the module docstring for the method. ``degree`` is the maximal total degree of the
-    polynomial in the (standardised) log masses; it is reduced automatically so that at least
-    one degree of freedom remains for the fit.
+    See the module docstring for the method. ``degree`` is the total degree of the polynomial
+    in the (standardised) log masses, or ``"auto"`` (default): the degree in 0..``max_degree``
+    with the smallest Akaike criterion ``chi2 + 2 k`` (k parameters). A degree is reduced
+    automatically so that at least one degree of freedom remains for the fit.
     """
 
-    def __init__(self, degree: int = 2, label_names: Sequence[str] | None = None) -> None:
-        if degree < 0:
-            raise EfficiencyError(f"efficiency model degree must be >= 0, got {degree}")
-        self.degree = int(degree)
+    def __init__(
+        self, degree: int | str = "auto", label_names: Sequence[str] | None = None, max_degree: int = 3
+    ) -> None:
+        if degree != "auto" and not (isinstance(degree, (int, np.integer)) and degree >= 0):
+            raise EfficiencyError(f"efficiency model degree must be 'auto' or an integer >= 0, got {degree!r}")
+        self.degree: int | str = degree if degree == "auto" else int(degree)
+        self.max_degree = int(max_degree)
         self.label_names = list(label_names) if label_names is not None else None
         self.used_degree: int | None = None
         self.center: np.ndarray | None = None
@@ -312,37 +317,56 @@ class EfficiencyModel:
         self.scale = np.where(spread > 0, spread, 1.0)
         # a label that never varies cannot be constrained: keep it out of the polynomial
         varying = [i for i in range(n_labels) if spread[i] > 0]
-        degree = self.degree
-        while True:
-            terms = [
-                t for t in _monomials(n_labels, degree) if all(t[i] == 0 for i in range(n_labels) if i not in varying)
-            ]
-            # also limit each variable's power by its number of distinct values - 1
-            distinct = [len(np.unique(np.round(logs[:, i], 12))) for i in range(n_labels)]
-            terms = [t for t in terms if all(t[i] <= distinct[i] - 1 for i in range(n_labels))]
-            if len(terms) < k_pts or degree == 0:
-                break
-            degree -= 1
-        self.terms = terms
-        self.used_degree = degree
-        self.lo, self.hi = pts.min(axis=0), pts.max(axis=0)
+        distinct = [len(np.unique(np.round(logs[:, i], 12))) for i in range(n_labels)]
 
-        design = self._design(pts)
+        def terms_for(degree: int) -> tuple[int, list[tuple[int, ...]]]:
+            while True:
+                terms = [
+                    t
+                    for t in _monomials(n_labels, degree)
+                    if all(t[i] == 0 for i in range(n_labels) if i not in varying)
+                    # and no power beyond (number of distinct values - 1) of a variable
+                    and all(t[i] <= distinct[i] - 1 for i in range(n_labels))
+                ]
+                if len(terms) < k_pts or degree == 0:  # keep >= 1 degree of freedom
+                    return degree, terms
+                degree -= 1
+
+        self.lo, self.hi = pts.min(axis=0), pts.max(axis=0)
         w = 1.0 / var
-        a_w = design * np.sqrt(w)[:, None]
-        y_w = y * np.sqrt(w)
-        coef, *_ = np.linalg.lstsq(a_w, y_w, rcond=None)
-        self.coef = coef
-        self.cov = np.linalg.pinv(a_w.T @ a_w)
-        resid = y - design @ coef
-        self.chi2 = float(np.sum(resid**2 * w))
-        self.ndf = int(k_pts - len(terms))
+        if self.degree == "auto":
+            # smallest Akaike criterion chi2 + 2 * (number of parameters) over degrees 0..max
+            best = None
+            for d in range(self.max_degree + 1):
+                used, terms = terms_for(d)
+                if used != d:
+                    break
+                self.terms = terms
+                chi2 = self._wls(pts, y, w)[2]
+                aic = chi2 + 2 * len(terms)
+                if best is None or aic < best[0] - 1e-9:
+                    best = (aic, d)
+            assert best is not None
+            self.used_degree, self.terms = terms_for(best[1])
+        else:
+            self.used_degree, self.terms = terms_for(int(self.degree))
+        self.coef, self.cov, self.chi2 = self._wls(pts, y, w)
+        self.ndf = int(k_pts - len(self.terms))
         if self.label_names is None:
             self.label_names = [f"label{i}" for i in range(n_labels)]
         return self
 
+    def _wls(self, pts: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Weighted least squares of ``y`` on the current terms: (coef, covariance, chi2)."""
+        design = self._design(pts)
+        a_w = design * np.sqrt(w)[:, None]
+        coef, *_ = np.linalg.lstsq(a_w, y * np.sqrt(w), rcond=None)
+        cov = np.linalg.pinv(a_w.T @ a_w)
+        chi2 = float(np.sum((y - design @ coef) ** 2 * w))
+        return coef, cov, chi2
+
     @classmethod
-    def from_table(cls, table: EfficiencyTable, degree: int = 2) -> "EfficiencyModel":
+    def from_table(cls, table: EfficiencyTable, degree: int | str = "auto") -> "EfficiencyModel":
         """Fit to a measured :class:`EfficiencyTable` (uses the counts)."""
         model = cls(degree=degree, label_names=table.label_names)
         model.fit(table.points, table.eff, table.err, n_read=table.n_read, n_selected=table.n_selected)
@@ -350,7 +374,9 @@ class EfficiencyModel:
         return model
 
     @classmethod
-    def from_cutflow(cls, cutflow: Any, label_names: Sequence[str] | None = None, degree: int = 2) -> "EfficiencyModel":
+    def from_cutflow(
+        cls, cutflow: Any, label_names: Sequence[str] | None = None, degree: int | str = "auto"
+    ) -> "EfficiencyModel":
         """Efficiency table from an extraction cutflow, then the fit."""
         return cls.from_table(selection_efficiency(cutflow, label_names), degree=degree)
 
@@ -408,6 +434,7 @@ class EfficiencyModel:
         return {
             "method": "logistic polynomial in standardised log masses, weighted least squares on empirical logit",
             "degree": self.degree,
+            "max_degree": self.max_degree,
             "used_degree": self.used_degree,
             "label_names": list(self.label_names or []),
             "center": self.center.tolist(),
@@ -425,7 +452,12 @@ class EfficiencyModel:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EfficiencyModel":
         try:
-            model = cls(degree=int(data["degree"]), label_names=data["label_names"])
+            degree = data["degree"]
+            model = cls(
+                degree=degree if degree == "auto" else int(degree),
+                label_names=data["label_names"],
+                max_degree=int(data.get("max_degree", 3)),
+            )
             model.used_degree = data.get("used_degree")
             model.center = np.asarray(data["center"], dtype=np.float64)
             model.scale = np.asarray(data["scale"], dtype=np.float64)

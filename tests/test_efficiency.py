@@ -118,3 +118,49 @@ def test_bad_fit_input():
         EfficiencyModel().predict(grid())
     with pytest.raises(EfficiencyError, match="positive"):
         EfficiencyModel().fit(np.array([[-1.0, 2.0], [1.0, 2.0]]), [0.1, 0.2], [0.01, 0.01])
+
+
+def test_auto_degree_follows_the_data():
+    """A cubic turn-on needs degree 3: 'auto' (Akaike) finds it and predicts within errors."""
+    rng = np.random.default_rng(7)
+    phis = np.array([500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0])
+    omegas = np.array([1.0, 2.0, 5.0, 10.0])
+    pts = np.array([(p, o) for p in phis for o in omegas])
+
+    def cubic(points):
+        x = np.log(points[:, 0] / 1200.0)
+        return expit(0.2 + 1.5 * x - 0.8 * x**2 - 1.2 * x**3 + 0.2 * np.log(points[:, 1]))
+
+    n = np.full(len(pts), 50000)
+    table = EfficiencyTable(LABELS, pts, n, rng.binomial(n, cubic(pts)))
+    auto = EfficiencyModel.from_table(table)
+    assert auto.degree == "auto" and auto.used_degree == 3
+    assert stats.chi2.sf(auto.chi2, auto.ndf) > 0.001
+    quad = EfficiencyModel.from_table(table, degree=2)
+    assert quad.chi2 > auto.chi2 + 2 * (len(auto.terms) - len(quad.terms))  # AIC prefers the cubic
+    off = np.array([[600.0, 1.5], [1250.0, 3.0], [2500.0, 7.0]])
+    eff, err = auto.predict_with_error(off)
+    assert np.all(np.abs(eff - cubic(off)) < 3 * err), (eff, cubic(off), err)
+    again = EfficiencyModel.from_dict(json.loads(json.dumps(auto.to_dict())))
+    np.testing.assert_allclose(again.predict(off), eff, rtol=1e-12)
+    with pytest.raises(EfficiencyError, match="'auto' or an integer"):
+        EfficiencyModel(degree="cubic")
+
+
+def test_cutflow_layout_of_extract():
+    """The layout fedhex_hep.extract writes into FeatureSet metadata['cutflow']."""
+    cutflow = {
+        "selection": "CBL_Region == 1",
+        "read": 10000,
+        "selected": 5200,
+        "per_label": [
+            {"dataset": "Phi_1000_omega_1", "label": {"labelphi": 1000.0, "labelomega": 1.0}, "read": 5000, "selected": 2422},
+            {"dataset": "Phi_2000_omega_5", "label": {"labelphi": 2000.0, "labelomega": 5.0}, "read": 5000, "selected": 2778},
+        ],
+        "unlabelled": {"read": 0, "selected": 0},
+    }
+    table = selection_efficiency(cutflow)
+    assert table.label_names == LABELS
+    np.testing.assert_allclose(table.eff, [2422 / 5000, 2778 / 5000])
+    model = EfficiencyModel.from_cutflow(cutflow)
+    assert model.used_degree == 0 and model.ndf == 1  # two points: a constant, one ndf left
