@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.atomic import OutputError, atomic_write_text, check_writable
+from fedhex_hep.atomic import OutputError, atomic_write_text, check_writable, output_lock
 from fedhex_hep.export import point_tag
 from fedhex_hep.featureset import FeatureSet
 
@@ -179,72 +179,74 @@ def compare(
         stems.append(outdir / "loss")
     targets = [s.with_name(s.name + f".{fmt.lower().lstrip('.')}") for s in stems for fmt in formats]
     targets.append(outdir / "metrics.json")
-    for target in targets:
-        check_writable(target, overwrite=overwrite)
+    # one compare per folder at a time: a second run into the same folder is refused at once
+    with output_lock(outdir):
+        for target in targets:
+            check_writable(target, overwrite=overwrite)
 
-    plots: list[Path] = []
-    metrics: dict[str, Any] = {}
-    for p in common:
-        tag = point_tag(labels, p)
-        title = _title(labels, p)
-        g, m = generated.at_label(p), mc.at_label(p)
-        per_feature = point_metrics(g, m, bins)
-        metrics[tag] = {"label": dict(zip(labels, map(float, p))), "features": per_feature}
-        for f in features:
-            res = per_feature[f]
-            text = (
-                f"$\\chi^2$/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
-                f"KS p-value = {res['ks_pvalue']:.3g}\n"
-                f"outside: gen {100 * res['outside_generated']:.1f}%, MC {100 * res['outside_mc']:.1f}%"
-            )
-            fig = plot_overlay(
-                g.column(f),
-                m.column(f),
-                _edges(f, m.column(f), bins),
-                f,
-                title,
-                gen_weights=g.weights,
-                mc_weights=m.weights,
-                normalize=normalize,
-                text=text,
-                gen_label=f"Generated ({len(g)} ev.)",
-                mc_label=f"MC ({len(m)} ev.)",
-            )
-            plots += save_figure(fig, outdir / f"{f}__{tag}", formats, overwrite=overwrite)
-        for fx, fy in pairs:
-            ix, iy = features.index(fx), features.index(fy)
-            ex, ey = _edges(fx, m.column(fx), bins), _edges(fy, m.column(fy), bins)
-            fig = plot_2d_side_by_side(
-                g.features[:, [ix, iy]], m.features[:, [ix, iy]], ex, ey, (fx, fy), title, g.weights, m.weights
-            )
-            plots += save_figure(fig, outdir / f"2d_{fx}_vs_{fy}__{tag}", formats, overwrite=overwrite)
+        plots: list[Path] = []
+        metrics: dict[str, Any] = {}
+        for p in common:
+            tag = point_tag(labels, p)
+            title = _title(labels, p)
+            g, m = generated.at_label(p), mc.at_label(p)
+            per_feature = point_metrics(g, m, bins)
+            metrics[tag] = {"label": dict(zip(labels, map(float, p))), "features": per_feature}
+            for f in features:
+                res = per_feature[f]
+                text = (
+                    f"$\\chi^2$/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
+                    f"KS p-value = {res['ks_pvalue']:.3g}\n"
+                    f"outside: gen {100 * res['outside_generated']:.1f}%, MC {100 * res['outside_mc']:.1f}%"
+                )
+                fig = plot_overlay(
+                    g.column(f),
+                    m.column(f),
+                    _edges(f, m.column(f), bins),
+                    f,
+                    title,
+                    gen_weights=g.weights,
+                    mc_weights=m.weights,
+                    normalize=normalize,
+                    text=text,
+                    gen_label=f"Generated ({len(g)} ev.)",
+                    mc_label=f"MC ({len(m)} ev.)",
+                )
+                plots += save_figure(fig, outdir / f"{f}__{tag}", formats, overwrite=overwrite)
+            for fx, fy in pairs:
+                ix, iy = features.index(fx), features.index(fy)
+                ex, ey = _edges(fx, m.column(fx), bins), _edges(fy, m.column(fy), bins)
+                fig = plot_2d_side_by_side(
+                    g.features[:, [ix, iy]], m.features[:, [ix, iy]], ex, ey, (fx, fy), title, g.weights, m.weights
+                )
+                plots += save_figure(fig, outdir / f"2d_{fx}_vs_{fy}__{tag}", formats, overwrite=overwrite)
 
-    if len(features) >= 2 and len(labels) >= 2:
-        fig = plot_label_plane(
-            mc.features[:, :2],
-            mc_points[:, :2],
-            (features[0], features[1]),
-            (labels[0], labels[1]),
-            gen_features=generated.features[:, :2],
-            gen_points=gen_points[:, :2],
-        )
-        plots += save_figure(fig, outdir / "label_plane", formats, overwrite=overwrite)
-    if history_csv is not None:
-        try:
-            plots += plot_loss(history_csv, outdir / "loss", formats, overwrite=overwrite)
-        except PlotError as exc:
-            raise CompareError(str(exc)) from None
+        if len(features) >= 2 and len(labels) >= 2:
+            fig = plot_label_plane(
+                mc.features[:, :2],
+                mc_points[:, :2],
+                (features[0], features[1]),
+                (labels[0], labels[1]),
+                gen_features=generated.features[:, :2],
+                gen_points=gen_points[:, :2],
+            )
+            plots += save_figure(fig, outdir / "label_plane", formats, overwrite=overwrite)
+        if history_csv is not None:
+            try:
+                plots += plot_loss(history_csv, outdir / "loss", formats, overwrite=overwrite)
+            except PlotError as exc:
+                raise CompareError(str(exc)) from None
 
-    if not common:
-        log.warning("no generated mass point has MC: only the overview plots were made")
-    result = {
-        "metrics": metrics,
-        "plots": [str(p) for p in plots],
-        "points_without_mc": [list(map(float, p)) for p in without],
-    }
-    metrics_path = atomic_write_text(outdir / "metrics.json", json.dumps(result, indent=2), overwrite=overwrite)
-    result["files"] = [*result["plots"], str(metrics_path)]
-    return result
+        if not common:
+            log.warning("no generated mass point has MC: only the overview plots were made")
+        result = {
+            "metrics": metrics,
+            "plots": [str(p) for p in plots],
+            "points_without_mc": [list(map(float, p)) for p in without],
+        }
+        metrics_path = atomic_write_text(outdir / "metrics.json", json.dumps(result, indent=2), overwrite=overwrite)
+        result["files"] = [*result["plots"], str(metrics_path)]
+        return result
 
 
 __all__ += ["OutputError"]

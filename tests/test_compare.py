@@ -52,7 +52,7 @@ def test_compare_files_and_metrics(tmp_path, history):
         "loss.png",
     }
     assert {p.split("/")[-1] for p in result["plots"]} == expected
-    assert sorted(p.name for p in out.iterdir()) == sorted(expected | {"metrics.json"})
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(expected | {"metrics.json"})
     for name in expected:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real, non-trivial image
@@ -111,12 +111,12 @@ def test_existing_output_refused_unless_overwrite(tmp_path):
     gen = sample(MC_POINTS[:1], 500, seed=1)
     out = tmp_path / "p"
     compare(gen, mc, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
     with pytest.raises(OutputError, match=r"p/phi__labelphi_1000__labelomega_2p5\.png already exists"):
         compare(gen, mc, out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
     compare(sample(MC_POINTS[:1], 500, seed=2), mc, out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(before)
     assert (out / "metrics.json").read_bytes() != before["metrics.json"]
 
 
@@ -132,7 +132,18 @@ def test_plot_save_failure_leaves_no_partial_file(tmp_path, monkeypatch):
     mc = sample(MC_POINTS[:1], 300, seed=0)
     with pytest.raises(OutputError, match="no space left on device"):
         compare(sample(MC_POINTS[:1], 300, seed=1), mc, tmp_path / "p")
-    assert list((tmp_path / "p").iterdir()) == []
+    assert [p for p in (tmp_path / "p").iterdir() if not p.name.startswith(".fedhex-hep.lock")] == []
+
+
+def test_second_compare_into_a_busy_folder_is_refused(tmp_path):
+    from fedhex_hep.atomic import output_lock
+
+    mc = sample(MC_POINTS[:1], 100, seed=0)
+    out = tmp_path / "p"
+    with output_lock(out):  # another run holds the folder
+        with pytest.raises(OutputError, match="in use by another fedhex-hep process"):
+            compare(sample(MC_POINTS[:1], 100, seed=1), mc, out)
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
 
 
 def test_mismatched_columns_refused(tmp_path):
