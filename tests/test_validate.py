@@ -158,3 +158,17 @@ def test_validate_bad_points(toy_mc, tmp_path):
     with pytest.raises(ValidationError, match="2 values"):
         validate(load_config(), toy_mc, tmp_path / "b", points=[[250.0, 2.5, 1.0]], seeds=(1,),
                  train_fn=make_train_fn([]), generate_fn=generate_fn, plots=False)
+
+
+def test_make_references_with_signal_writer_and_extraction(tmp_path):
+    from fedhex_hep.validate import REFERENCE_SEED, _make_references
+
+    ref = _make_references(load_config(), np.array([[1500.0, 5.0]]), 2000, tmp_path)
+    assert ref.feature_names == ["phi", "omega"]
+    np.testing.assert_array_equal(ref.label_points(), [[1500.0, 5.0]])
+    assert 300 < len(ref) < 2000  # selection efficiency below 100%
+    assert (tmp_path / "reference" / "reference.parquet").exists()
+    # the reference MC is independent of the demo grid (seed 0)
+    assert REFERENCE_SEED != 0
+    with pytest.raises(ValidationError, match="two labels"):
+        _make_references(load_config(), np.array([[1500.0]]), 10, tmp_path)
