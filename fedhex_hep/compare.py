@@ -195,7 +195,7 @@ def compare(
             for f in features:
                 res = per_feature[f]
                 text = (
-                    f"$\\chi^2$/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
+                    f"χ²/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
                     f"KS p-value = {res['ks_pvalue']:.3g}\n"
                     f"outside: gen {100 * res['outside_generated']:.1f}%, MC {100 * res['outside_mc']:.1f}%"
                 )

@@ -49,6 +49,9 @@ def style() -> Iterator[None]:
         # CMS style has large fonts; long mass-point titles and metric boxes need a bit less
         matplotlib.rcParams["axes.titlesize"] = 18
         matplotlib.rcParams["legend.fontsize"] = 16
+        # the style's custom mathtext asks for a 'cursive' family that most systems lack;
+        # name an always-present fallback so matplotlib does not log a font warning
+        matplotlib.rcParams["font.cursive"] = [*matplotlib.rcParams["font.cursive"], "DejaVu Sans"]
         yield
 
 
@@ -71,7 +74,8 @@ def save_figure(fig: Any, stem: str | Path, formats: Sequence[str] = ("png",), o
             if fmt not in ("png", "pdf", "svg"):
                 raise PlotError(f"plot format {fmt!r} not supported (png, pdf or svg)")
             path = Path(stem).with_name(Path(stem).name + f".{fmt}")
-            with atomic_path(path, overwrite=overwrite) as tmp:
+            # draw under the same style the figure was built with (some rcParams are read at draw time)
+            with style(), atomic_path(path, overwrite=overwrite) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=110 if fmt == "png" else None)
             paths.append(path)
     finally:
