@@ -363,9 +363,9 @@ def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | 
     meta = {
         "config": md.get("config", {}),
         "version": __version__,
-        "producer_version": md.get("version", ""),
-        "model_path": str(md.get("model_path", "")),
-        "source": str(md.get("source", "")),
+        "producer_version": str(md.get("version") or ""),
+        "model_path": str(md.get("model_path") or ""),
+        "source": str(md.get("source") or ""),
         "feature_names": list(featureset.feature_names),
         "label_names": list(featureset.label_names),
         # the edges of the axes actually written (a Regular axis recomputes them from lo, hi, n)
