@@ -28,6 +28,10 @@ __all__ = [
 class OutputError(OSError):
     """An output could not be written; the message names the path and the reason."""
 
+    def __str__(self) -> str:
+        # Only the message: "[Errno 28] ..." prefixes help nobody reading a one-line error.
+        return self.strerror or super().__str__()
+
 
 def _describe(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:

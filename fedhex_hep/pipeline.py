@@ -58,7 +58,7 @@ def run_chain(
     never overwritten); the resolved configuration is written there first.
     """
     from fedhex_hep.compare import compare
-    from fedhex_hep.export import export_root
+    from fedhex_hep.export import export_root, resolve_binning
     from fedhex_hep.extract import extract
     from fedhex_hep.generate import generate
     from fedhex_hep.train import train
@@ -88,8 +88,11 @@ def run_chain(
         )
         generated_path = generated.save(run_dir / "generated.parquet", overwrite=False)
 
-        root_file = export_root(generated, run_dir / "generated.root", bins=config.output.bins)
-        mc_root_file = export_root(mc, run_dir / "mc.root", bins=config.output.bins)
+        # Common bin edges, so generated and MC templates compare bin by bin downstream.
+        edges = resolve_binning([generated, mc], config.output.bins)
+        efficiency = mc.metadata.get("cutflow")
+        root_file = export_root(generated, run_dir / "generated.root", bins=edges, efficiency=efficiency)
+        mc_root_file = export_root(mc, run_dir / "mc.root", bins=edges, efficiency=efficiency)
 
         comparison = compare(
             generated,
