@@ -392,7 +392,7 @@ class _Evaluator:
         if kind not in "iub":
             if kind != "f":
                 raise ExpressionError(f"expression {self.text!r}: index of {what!r} is not a number")
-        if np.ndim(index) == 0 and not _is_awkward(index):
+        if not _is_awkward(index) and np.ndim(index) == 0:
             idx = np.full(n, index, dtype=np.float64 if kind == "f" else np.int64)
         else:
             if _is_awkward(index):
@@ -410,9 +410,7 @@ class _Evaluator:
             idx = np.where(good, idx, -1).astype(np.int64)
         else:
             idx = idx.astype(np.int64)
-        counts = ak.to_numpy(ak.fill_none(ak.num(values, axis=1), 0)).astype(np.int64)
-        content = ak.to_numpy(ak.flatten(values, axis=1))
-        starts = np.cumsum(counts) - counts
+        starts, counts, content = _list_parts(values)
         valid = (idx >= 0) & (idx < counts)
         if len(content):
             picked = content[np.where(valid, starts + idx, 0)]
@@ -422,3 +420,21 @@ class _Evaluator:
             ak.index.Index8(valid.astype(np.int8)), ak.contents.NumpyArray(picked), valid_when=True
         )
         return ak.Array(layout)
+
+
+def _list_parts(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, count per event, flat content) of a jagged array, without copying the content
+    when it is a plain list-of-numbers layout (the usual case for a branch)."""
+    import awkward as ak
+
+    layout = ak.to_layout(values)
+    if isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.ListArray)) and isinstance(
+        layout.content, ak.contents.NumpyArray
+    ):
+        buffers = (layout.starts.data, layout.stops.data, layout.content.data)
+        if all(type(b) is np.ndarray for b in buffers):
+            starts = buffers[0].astype(np.int64, copy=False)
+            return starts, buffers[1].astype(np.int64, copy=False) - starts, buffers[2]
+    counts = ak.to_numpy(ak.fill_none(ak.num(values, axis=1), 0)).astype(np.int64)
+    content = ak.to_numpy(ak.flatten(values, axis=1))
+    return np.cumsum(counts) - counts, counts, content

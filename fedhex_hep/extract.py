@@ -46,16 +46,16 @@ class BadFileWarning(UserWarning):
     """An input file was skipped (``input.skip_bad_files = true``); the message names it."""
 
 
-def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | None, int]:
-    """Quick uproot check of one input file: ``(reason it is bad or None, number of entries)``."""
+def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | None, int, bytes]:
+    """Quick uproot check of one input file: ``(reason it is bad or None, entries, file UUID)``."""
     import uproot
 
     if "://" not in path:
         if not os.path.exists(path):
-            return "file does not exist", 0
+            return "file does not exist", 0, b""
         size = os.path.getsize(path)
         if size == 0:
-            return "empty file (0 bytes)", 0
+            return "empty file (0 bytes)", 0, b""
     else:
         size = None
     try:
@@ -63,13 +63,14 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
             try:
                 tree = file[treename]
             except KeyError:
-                return f"no TTree {treename!r} in the file (keys: {', '.join(file.keys(cycle=False)[:5]) or 'none'})", 0
+                keys = ", ".join(file.keys(cycle=False)[:5]) or "none"
+                return f"no TTree {treename!r} in the file (keys: {keys})", 0, b""
             if not hasattr(tree, "num_entries") or not hasattr(tree, "keys"):
-                return f"{treename!r} is not a TTree", 0
+                return f"{treename!r} is not a TTree", 0, b""
             present = set(tree.keys(recursive=True))
             for name in branches:
                 if name not in present:
-                    return f"branch {name!r} is missing from tree {treename!r}", 0
+                    return f"branch {name!r} is missing from tree {treename!r}", 0, b""
             if size is not None:
                 for name in branches:
                     branch = tree[name]
@@ -77,11 +78,11 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
                     seeks = branch.member("fBasketSeek")[:n]
                     nbytes = branch.member("fBasketBytes")[:n]
                     if len(seeks) and int(np.max(np.asarray(seeks) + np.asarray(nbytes))) > size:
-                        return f"truncated file: data of branch {name!r} lies beyond its end ({size} bytes)", 0
-            return None, int(tree.num_entries)
+                        return f"truncated file: data of branch {name!r} lies beyond its end ({size} bytes)", 0, b""
+            return None, int(tree.num_entries), bytes(file.file.fUUID)
     except Exception as exc:  # uproot raises many unrelated types for damaged files
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"corrupt or truncated ROOT file ({type(exc).__name__}: {text[:200]})", 0
+        return f"corrupt or truncated ROOT file ({type(exc).__name__}: {text[:200]})", 0, b""
 
 
 def _make_executor(kind: str, workers: int, progress: bool, client: Any) -> Any:
@@ -105,6 +106,7 @@ def run_processor(
     scheduler: str | None = None,
     chunksize: int = 100000,
     progress: bool = True,
+    metadata_cache: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``proc`` over ``fileset`` with coffea's Runner; returns the merged accumulator.
 
@@ -140,6 +142,7 @@ def run_processor(
             schema=schema_cls,
             chunksize=chunksize,
             skipbadfiles=False,
+            metadata_cache=metadata_cache if metadata_cache is not None else {},
         )
         with warnings.catch_warnings():
             # NanoAODSchema warns about cross-references to collections a file lacks and about
@@ -216,7 +219,7 @@ def extract(
     import fedhex_hep
     from fedhex_hep.featureset import FeatureSet
     from fedhex_hep.fileset import build_fileset, fileset_files
-    from processors.extraction import FeatureProcessor, file_id
+    from processors.extraction import FeatureProcessor, file_id, group_rows
 
     inp = config.input
     if executor not in EXECUTORS:
@@ -239,14 +242,19 @@ def extract(
         reject(item["file"], item["reason"])
 
     # Pre-check every file: names the bad file and reason before coffea starts.
+    from coffea.processor.executor import FileMeta
+
     entries: dict[str, int] = {}
+    known_meta: dict[Any, Any] = {}
     for dataset, path, tree in fileset_files(fileset):
-        reason, n = check_file(path, tree, proc.branches(fileset[dataset]["metadata"]))
+        user_meta = fileset[dataset]["metadata"]
+        reason, n, uuid = check_file(path, tree, proc.branches(user_meta))
         if reason is not None:
             reject(path, reason)
             del fileset[dataset]["files"][path]
         else:
             entries[path] = n
+            known_meta[FileMeta(dataset, path, tree)] = {**user_meta, "numentries": n, "uuid": uuid}
 
     out = None
     while True:
@@ -265,6 +273,7 @@ def extract(
                 scheduler=scheduler,
                 chunksize=inp.chunksize,
                 progress=progress,
+                metadata_cache=dict(known_meta),
             )
             break
         except Exception as exc:
@@ -298,8 +307,9 @@ def extract(
         )
 
     # File order, then entry order: identical whatever order the chunks finished in.
-    rank = {file_id(path): i for i, (_, path, _) in enumerate(fileset_files(fileset))}
-    file_rank = np.vectorize(rank.__getitem__, otypes=[np.int64])(columns["_fileid"]) if n_rows else columns["_fileid"]
+    ids = np.array([file_id(path) for _, path, _ in fileset_files(fileset)], dtype=np.int64)
+    by_id = np.argsort(ids)
+    file_rank = by_id[np.searchsorted(ids, columns["_fileid"], sorter=by_id)]
     order = np.lexsort((columns["_entry"], file_rank))
     features = np.stack([columns[n][order] for n in proc.features], axis=1)
     labels = np.stack([columns[n][order] for n in proc.labels], axis=1)
@@ -333,7 +343,7 @@ def extract(
         if len(fs) == 0:
             raise ExtractionError(f"every selected event has a non-finite feature or label ({summary})")
 
-    if inp.min_events_per_label > 0:
+    if inp.min_events_per_label > 0 and _has_sparse_label(fs.labels, inp.min_events_per_label):
         fs, dropped = fs.drop_sparse_labels(inp.min_events_per_label)
         fs.metadata["dropped_labels"] = dropped
         for item in dropped:
@@ -351,11 +361,19 @@ def extract(
     log.info(
         "extracted %d events at %d label points from %d files (%d skipped)",
         len(fs),
-        len(fs.label_points()),
+        len(group_rows(fs.labels)[0]),
         len(metadata["files"]),
         len(skipped),
     )
     return fs
+
+
+def _has_sparse_label(labels: np.ndarray, min_events: int) -> bool:
+    """Fast check (avoids FeatureSet's row-wise np.unique when nothing would be dropped)."""
+    from processors.extraction import group_rows
+
+    _, inverse = group_rows(labels)
+    return bool(len(inverse)) and int(np.bincount(inverse).min()) < min_events
 
 
 def _cutflow_summary(raw: Mapping[str, Mapping[str, Mapping[str, int]]], label_names: list[str], selection: str) -> dict:

@@ -60,13 +60,36 @@ def point_key(names: Sequence[str], values: Sequence[float]) -> str:
     return ",".join(f"{n}={float(v):.10g}" for n, v in zip(names, values))
 
 
+def group_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``table`` (n, L) and each row's group index; NaN rows group together.
+
+    Same result as ``np.unique(table, axis=0, return_inverse=True)`` (NaN as -inf), but O(n)
+    for the common single-point chunk and a per-column sort otherwise (``axis=0`` sorts
+    void-typed rows, which is ~20x slower).
+    """
+    table = np.nan_to_num(np.asarray(table, dtype=np.float64).reshape(len(table), -1), nan=-np.inf)
+    n, width = table.shape
+    if n == 0:
+        return table[:0], np.zeros(0, dtype=np.int64)
+    if width == 0 or bool(np.all(table == table[0])):
+        return table[:1], np.zeros(n, dtype=np.int64)
+    key = np.zeros(n, dtype=np.int64)
+    for column in range(width):
+        values, codes = np.unique(table[:, column], return_inverse=True)
+        # re-rank after each column: the key stays < n, so it can never overflow int64
+        _, key = np.unique(key * len(values) + codes.reshape(-1), return_inverse=True)
+        key = key.reshape(-1).astype(np.int64)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return table[first], inverse.reshape(-1).astype(np.int64)
+
+
 def _point_keys(names: Sequence[str], table: np.ndarray) -> np.ndarray:
     """Category strings of every row of ``table`` (n, L), computed once per distinct point."""
     if len(table) == 0:
         return np.array([], dtype=object)
-    points, inverse = np.unique(np.nan_to_num(table, nan=-np.inf), axis=0, return_inverse=True)
+    points, inverse = group_rows(table)
     strings = np.array([point_key(names, p) for p in points], dtype=object)
-    return strings[inverse.reshape(-1)]
+    return strings[inverse]
 
 
 def resolve_branch(events: Any, name: str) -> Any | None:
@@ -91,18 +114,64 @@ def resolve_branch(events: Any, name: str) -> Any | None:
     return None
 
 
-class _Namespace(Mapping[str, Any]):
-    """Names of an expression -> branches of ``events``, then numeric dataset metadata."""
+def _selected(value: Any, mask: np.ndarray | None) -> Any:
+    """A branch read in full, restricted to ``mask`` (None: all events).
 
-    def __init__(self, events: Any, metadata: Mapping[str, Any]) -> None:
+    Flat branches become numpy arrays; jagged lists of numbers become a ``ListArray`` over the
+    branch's own content (no copy). Slicing coffea's lazy events instead (``events[mask]``)
+    goes through indexed views that cost more than the read itself.
+    """
+    if isinstance(value, np.ndarray):
+        return value if mask is None else value[mask]
+    value = ak.materialize(value)
+    layout = ak.to_layout(value)
+    if isinstance(layout, ak.contents.NumpyArray) and layout.data.ndim == 1:
+        data = np.asarray(layout.data)
+        return data if mask is None else data[mask]
+    if (
+        isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.ListArray))
+        and isinstance(layout.content, ak.contents.NumpyArray)
+        and layout.content.data.ndim == 1
+        and layout.parameter("__array__") is None
+    ):
+        starts, stops = np.asarray(layout.starts.data), np.asarray(layout.stops.data)
+        if mask is None and isinstance(layout, ak.contents.ListArray):
+            return value
+        if mask is not None:
+            starts, stops = starts[mask], stops[mask]
+        content = ak.contents.NumpyArray(np.asarray(layout.content.data))
+        return ak.Array(ak.contents.ListArray(ak.index.Index64(starts), ak.index.Index64(stops), content))
+    return value if mask is None else value[mask]
+
+
+class _Namespace(Mapping[str, Any]):
+    """Names of an expression -> branches of ``events`` (restricted to ``mask``), then numeric
+    dataset metadata."""
+
+    def __init__(
+        self,
+        events: Any,
+        metadata: Mapping[str, Any],
+        mask: np.ndarray | None = None,
+        parent: "_Namespace | None" = None,
+    ) -> None:
         self.events = events
         self.metadata = metadata
+        self.mask = mask
+        self.parent = parent  # all-events namespace whose branches were already read
         self.cache: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.cache:
+            if self.parent is not None and name in self.parent.cache:
+                full = self.parent.cache[name]
+                value = full if isinstance(full, np.floating) else _selected(full, self.mask)
+                self.cache[name] = value
+                return value
             value = resolve_branch(self.events, name)
-            if value is None:
+            if value is not None:
+                value = _selected(value, self.mask)
+            else:
                 if name not in self.metadata:
                     raise KeyError(name)
                 value = self.metadata[name]
@@ -122,6 +191,12 @@ class _Namespace(Mapping[str, Any]):
 def _per_event(value: Any, n: int, what: str, expr: Expression) -> np.ndarray:
     """One float64 per event (missing -> NaN) from an expression result."""
     if isinstance(value, ak.Array):
+        layout = value.layout
+        if isinstance(layout, ak.contents.ByteMaskedArray) and isinstance(layout.content, ak.contents.NumpyArray):
+            data = np.asarray(layout.content.data)
+            if type(data) is np.ndarray and data.ndim == 1 and len(data) == n:
+                valid = np.asarray(layout.mask.data).astype(bool) == layout.valid_when
+                return np.where(valid, data.astype(np.float64), np.nan)
         if value.ndim != 1:
             raise ExpressionError(
                 f"{what} = {expr.text!r} gives a list per event; pick one element, e.g. X[0]"
@@ -256,9 +331,8 @@ class FeatureProcessor(processor.ProcessorABC):
             name: _per_event(evaluate(e, everything, f"label {name!r}"), n, f"label {name!r}", e)
             for name, e in compiled["labels"].items()
         }
-        selected = events[mask]
         n_sel = int(mask.sum())
-        chosen = _Namespace(selected, metadata)
+        chosen = _Namespace(events, metadata, mask, parent=everything)
         columns: dict[str, np.ndarray] = {}
         for name, expr in compiled["features"].items():
             value = evaluate(expr, chosen, f"feature {name!r}")
@@ -280,10 +354,8 @@ class FeatureProcessor(processor.ProcessorABC):
             table = np.stack([labels_all[k] for k in label_names], axis=1)
         else:
             table = np.zeros((n, 0))
-        sentinel = np.nan_to_num(table, nan=-np.inf)
         if n:
-            points, inverse = np.unique(sentinel, axis=0, return_inverse=True)
-            inverse = inverse.reshape(-1)
+            points, inverse = group_rows(table)
             read = np.bincount(inverse, minlength=len(points))
             sel_counts = np.bincount(inverse[mask], minlength=len(points))
             for i, point in enumerate(points):
