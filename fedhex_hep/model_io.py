@@ -1,0 +1,142 @@
+"""The model directory: what a trained model is made of, and loading it back.
+
+Layout written by :func:`fedhex_hep.train.train`::
+
+    model_dir/
+      config.toml           resolved configuration (rebuilds the flow: any depth / width / kind)
+      preprocessing.json    fitted per-column preprocessing
+      training.json         training label points, per-label ranges and grid spacing, data report,
+                            best epoch, whether early stopping fired
+      versions.json         fedhex-hep, tensorflow, tensorflow-probability, numpy, python versions
+      history.csv           epoch, loss, val_loss, lr (one row per epoch)
+      loss.png              loss curve (when fedhex_hep.compare.plot_loss is available)
+      weights/              final weights (tf.train.Checkpoint of the flow's variables)
+      checkpoints/epoch-NNNN/, checkpoints/last/, checkpoints/best/
+                            tf.train.Checkpoint (flow + optimizer) + state.json
+
+TensorFlow is imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhex_hep.config import Config, ConfigError, load_config
+from fedhex_hep.preprocessing import Preprocessor
+
+__all__ = ["ModelDirError", "TrainedModel", "load_model", "REQUIRED_FILES", "checkpoint_prefix"]
+
+# Files every finished model directory holds (weights are checked separately).
+REQUIRED_FILES = ("config.toml", "preprocessing.json", "training.json")
+WEIGHTS_PREFIX = "weights/weights"
+CKPT_NAME = "ckpt"
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing a file or holds an unreadable one; the message names it."""
+
+
+@dataclass
+class TrainedModel:
+    """A trained conditional flow with the preprocessing and metadata it needs to generate."""
+
+    config: Config
+    preprocessor: Preprocessor
+    flow: Any  # fedhex_hep.flow.ConditionalFlow
+    path: Path | None = None
+    training_label_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    label_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.preprocessor.label_names
+
+    def log_prob(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """log density of raw features (n, F) at raw labels (n, L), in the raw feature units."""
+        z, c = self.preprocessor.transform(features, labels)
+        log_pz = self.flow.log_prob(z.astype(np.float32), c.astype(np.float32)).numpy().astype(np.float64)
+        return log_pz + self.preprocessor.log_det_jacobian(features, labels)
+
+
+def checkpoint_prefix(model_dir: str | Path, checkpoint: str) -> Path:
+    """Path prefix of a checkpoint ("best", "last", "epoch-0010" or an int epoch)."""
+    if isinstance(checkpoint, int) or str(checkpoint).isdigit():
+        checkpoint = f"epoch-{int(checkpoint):04d}"
+    return Path(model_dir) / "checkpoints" / str(checkpoint) / CKPT_NAME
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise ModelDirError(f"model directory {path.parent} is missing {path.name}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{path} is not readable JSON: {exc}") from None
+
+
+def read_model_files(path: Path) -> tuple[Config, Preprocessor, dict[str, Any]]:
+    """config, preprocessing and training info of a model directory (no TensorFlow)."""
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path} does not exist")
+    for name in REQUIRED_FILES:
+        if not (path / name).exists():
+            raise ModelDirError(f"model directory {path} is missing {name}")
+    try:
+        config = load_config(path / "config.toml")
+    except ConfigError as exc:
+        raise ModelDirError(f"{path / 'config.toml'}: {exc}") from None
+    pre = Preprocessor.from_dict(_read_json(path / "preprocessing.json"))
+    info = _read_json(path / "training.json")
+    return config, pre, info
+
+
+def restore_flow_weights(flow: Any, prefix: Path) -> None:
+    """Restore the flow's variables from a tf.train.Checkpoint prefix; every variable must match."""
+    import tensorflow as tf
+
+    index = prefix.with_name(prefix.name + ".index")
+    if not index.exists():
+        raise ModelDirError(f"model directory {prefix.parent.parent} is missing {index.relative_to(prefix.parent.parent)}")
+    status = tf.train.Checkpoint(flow=flow.module).read(str(prefix))
+    try:
+        status.expect_partial().assert_existing_objects_matched()
+    except AssertionError as exc:
+        raise ModelDirError(f"{prefix}: weights do not match the flow described by config.toml ({exc})") from None
+
+
+def load_model(path: str | Path, checkpoint: str | int | None = None) -> TrainedModel:
+    """Rebuild a trained model from its directory (flow from config.toml, then weights).
+
+    ``checkpoint``: None for the final weights, or "best", "last", "epoch-0010" / 10.
+    """
+    from fedhex_hep.flow import build_flow
+
+    path = Path(path)
+    config, pre, info = read_model_files(path)
+    flow = build_flow(config.model, len(pre.feature_names), len(pre.label_names), seed=config.training.seed)
+    if checkpoint is None:
+        prefix = path / WEIGHTS_PREFIX
+    else:
+        prefix = checkpoint_prefix(path, checkpoint)
+        if not prefix.parent.is_dir():
+            raise ModelDirError(f"model directory {path} has no checkpoint {prefix.parent.name}")
+    restore_flow_weights(flow, prefix)
+    return TrainedModel(
+        config=config,
+        preprocessor=pre,
+        flow=flow,
+        path=path,
+        training_label_points=np.asarray(info.get("label_points", []), dtype=np.float64),
+        label_ranges=info.get("label_ranges", {}),
+        info=info,
+    )

@@ -1,0 +1,423 @@
+"""Training loop: one compiled (XLA) TensorFlow function per epoch, exact checkpoints, resume.
+
+Design choices (why):
+
+* The whole epoch runs inside one ``tf.function(jit_compile=True)`` looping over batches of
+  tensors already in memory: no per-batch Python dispatch, which is where ``model.fit`` spends
+  most of its time for flows this small.
+* Each epoch's shuffle is a permutation drawn from ``numpy.random.default_rng((seed, epoch))``
+  and op determinism is enabled, so an interrupted run resumed from ``checkpoints/last`` ends
+  bit-identical to an uninterrupted one. Each epoch uses ``n_train // batch_size`` full batches
+  (fixed shapes for XLA); the few events left over differ from epoch to epoch.
+* Checkpoints are written on epoch boundaries only (``epoch % checkpoint_every == 0``), to a
+  temporary folder that is then renamed, so a killed job never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhex_hep.atomic import OutputError, atomic_write_text
+from fedhex_hep.config import Config, load_config
+from fedhex_hep.dataset import PreparedData, prepare
+from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.model_io import (
+    CKPT_NAME,
+    WEIGHTS_PREFIX,
+    ModelDirError,
+    TrainedModel,
+    restore_flow_weights,
+)
+
+__all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "versions"]
+
+log = logging.getLogger(__name__)
+
+# Column names shared with fedhex_hep.plotting (the loss-curve plot reads this file).
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr")
+# Validation events per compiled evaluation call (bounds memory for large validation sets).
+_EVAL_CHUNK = 65536
+# Compile the epoch function with XLA (measured: see benchmarks/bench_train.py). Only for the
+# affine MAF: XLA compilation of the spline's epoch loop takes minutes, so splines run as a
+# plain (non-XLA) graph.
+JIT_COMPILE = True
+
+
+class TrainingError(RuntimeError):
+    """Training could not continue (NaN loss, inconsistent resume); the message says why."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine a model's numbers."""
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    import fedhex_hep
+
+    return {
+        "fedhex-hep": fedhex_hep.__version__,
+        "tensorflow": tf.__version__,
+        "tensorflow-probability": tfp.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _batch_loss(flow: Any, z: Any, c: Any, w: Any) -> Any:
+    """Weighted mean negative log-likelihood of one batch (module level so tests can patch it)."""
+    import tensorflow as tf
+
+    nll = -flow.log_prob(z, c)
+    return tf.reduce_sum(w * nll) / tf.reduce_sum(w)
+
+
+# ------------------------------------------------------------------------------------------
+# small file helpers
+# ------------------------------------------------------------------------------------------
+def _history_csv(history: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HISTORY_COLUMNS)
+    for row in history:
+        # repr() keeps every bit of a float64, so identical runs give identical files
+        writer.writerow([row["epoch"]] + [repr(float(row[k])) for k in HISTORY_COLUMNS[1:]])
+    return buf.getvalue()
+
+
+def _replace_dir(tmp: Path, dst: Path) -> None:
+    """Move the finished folder ``tmp`` onto ``dst`` (rename is atomic; a folder needs two)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dst, old)
+        os.rename(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dst)
+
+
+def _recover_dir(dst: Path) -> None:
+    """After a kill between the two renames of _replace_dir, put the previous folder back."""
+    if dst.exists():
+        return
+    olds = sorted(dst.parent.glob(f".{dst.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.rename(olds[-1], dst)
+
+
+def _write_checkpoint(ckpt: Any, dst: Path, state: dict[str, Any]) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        ckpt.write(str(tmp / CKPT_NAME))
+        atomic_write_text(tmp / "state.json", json.dumps(state))
+        _replace_dir(tmp, dst)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(exc.errno, f"cannot write checkpoint {dst}: {exc.strerror or exc}") from None
+
+
+# ------------------------------------------------------------------------------------------
+# the compiled parts
+# ------------------------------------------------------------------------------------------
+class _Compiled:
+    """The compiled epoch and evaluation functions for one flow + optimizer + dataset."""
+
+    def __init__(self, flow: Any, optimizer: Any, data: PreparedData, batch_size: int, jit: bool) -> None:
+        import tensorflow as tf
+
+        self.flow = flow
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        self.steps = max(1, data.n_train // batch_size)
+        self.z = tf.constant(data.z_train)
+        self.c = tf.constant(data.c_train)
+        self.w = tf.constant(data.w_train)
+        self.zv = [tf.constant(data.z_val[i : i + _EVAL_CHUNK]) for i in range(0, data.n_val, _EVAL_CHUNK)]
+        self.cv = [tf.constant(data.c_val[i : i + _EVAL_CHUNK]) for i in range(0, data.n_val, _EVAL_CHUNK)]
+        self.wv = [tf.constant(data.w_val[i : i + _EVAL_CHUNK]) for i in range(0, data.n_val, _EVAL_CHUNK)]
+        self.train_epoch = tf.function(self._train_epoch, jit_compile=jit)
+        self.eval_chunk = tf.function(self._eval_chunk, jit_compile=jit, reduce_retracing=True)
+
+    def _train_epoch(self, perm: Any) -> Any:
+        import tensorflow as tf
+
+        variables = self.flow.trainable_variables
+        bs = self.batch_size
+
+        def body(i: Any, total: Any) -> tuple[Any, Any]:
+            idx = perm[i * bs : (i + 1) * bs]
+            z, c, w = tf.gather(self.z, idx), tf.gather(self.c, idx), tf.gather(self.w, idx)
+            with tf.GradientTape() as tape:
+                loss = _batch_loss(self.flow, z, c, w)
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return i + 1, total + loss
+
+        _, total = tf.while_loop(
+            lambda i, _: i < self.steps, body, (tf.constant(0), tf.constant(0.0)), maximum_iterations=self.steps
+        )
+        return total / self.steps
+
+    def _eval_chunk(self, z: Any, c: Any, w: Any) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        nll = -self.flow.log_prob(z, c)
+        return tf.reduce_sum(w * nll), tf.reduce_sum(w)
+
+    def validation_loss(self) -> float:
+        if not self.zv:
+            return float("nan")
+        total, weight = 0.0, 0.0
+        for z, c, w in zip(self.zv, self.cv, self.wv):
+            s, n = self.eval_chunk(z, c, w)
+            total += float(s)
+            weight += float(n)
+        return total / weight
+
+    def permutation(self, seed: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([int(seed), int(epoch), 0xE90C])
+        n = len(self.z)
+        return rng.permutation(n)[: self.steps * self.batch_size].astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------------
+# the public entry point
+# ------------------------------------------------------------------------------------------
+def _progress(enabled: bool, total: int, start: int) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]training[/] epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    progress.start()
+    progress.add_task("train", total=total, completed=start, info="")
+    return progress
+
+
+def _check_resume_config(model_dir: Path, config: Config) -> None:
+    saved = load_config(model_dir / "config.toml").to_dict()
+    new = config.to_dict()
+    for section in saved:
+        for key in sorted(set(saved[section]) | set(new[section])):
+            if section == "training" and key == "epochs" or section in ("generation", "output"):
+                continue  # more epochs may be asked for on resume; generation/output do not matter
+            if saved[section].get(key) != new[section].get(key):
+                raise TrainingError(
+                    f"cannot resume {model_dir}: config key '{section}.{key}' differs from the interrupted run "
+                    f"({saved[section].get(key)!r} there, {new[section].get(key)!r} now)"
+                )
+
+
+def train(
+    featureset: FeatureSet,
+    config: Config,
+    model_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train a conditional flow on ``featureset`` and write the model directory ``model_dir``.
+
+    ``resume=True`` continues from ``model_dir/checkpoints/last`` (same config except
+    ``training.epochs``); the result equals that of an uninterrupted run with the same seed.
+    Raises TrainingError if the loss becomes NaN (the last good checkpoint is kept).
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    from fedhex_hep.flow import build_flow
+
+    # Bit-identical resume needs deterministic kernels (CPU reductions, XLA).
+    tf.config.experimental.enable_op_determinism()
+    model_dir = Path(model_dir)
+    tc = config.training
+    ckpt_dir = model_dir / "checkpoints"
+
+    data = prepare(featureset, config)
+    if data.n_train < 1:
+        raise TrainingError("no training events left after the validation split")
+
+    if resume:
+        if not (model_dir / "config.toml").exists():
+            raise ModelDirError(f"cannot resume: model directory {model_dir} is missing config.toml")
+        _recover_dir(ckpt_dir / "last")
+        if not (ckpt_dir / "last" / "state.json").exists():
+            raise ModelDirError(f"cannot resume: model directory {model_dir} is missing checkpoints/last")
+        _check_resume_config(model_dir, config)
+        saved_pre = json.loads((model_dir / "preprocessing.json").read_text())
+        if saved_pre != json.loads(data.preprocessor.to_json()):
+            raise TrainingError(
+                f"cannot resume {model_dir}: the training data differ from the interrupted run "
+                "(preprocessing.json would change)"
+            )
+    else:
+        if (model_dir / "config.toml").exists() or (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+            raise OutputError(
+                17, f"{model_dir} already holds a model; use --resume to continue it or choose another folder"
+            )
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(exc.errno, f"cannot create model directory {model_dir}: {exc.strerror}") from None
+    config.write(model_dir / "config.toml")
+    atomic_write_text(model_dir / "preprocessing.json", data.preprocessor.to_json())
+    atomic_write_text(model_dir / "versions.json", json.dumps(versions(), indent=2))
+
+    n_features, n_labels = data.z_train.shape[1], data.c_train.shape[1]
+    flow = build_flow(config.model, n_features, n_labels, seed=tc.seed)
+    batch_size = min(tc.batch_size, data.n_train)
+    steps = max(1, data.n_train // batch_size)
+    schedule = tf_keras.optimizers.schedules.PolynomialDecay(
+        initial_learning_rate=tc.learning_rate,
+        decay_steps=tc.decay_epochs * steps,
+        end_learning_rate=tc.final_learning_rate,
+        power=1.0,
+    )
+    optimizer = tf_keras.optimizers.Adam(learning_rate=schedule)
+    optimizer.build(list(flow.trainable_variables))
+    ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
+    compiled = _Compiled(flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf")
+
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best_loss": float("inf"),
+        "best_epoch": 0,
+        "wait": 0,
+        "stopped_early": False,
+    }
+    best_weights: list[np.ndarray] | None = None
+    if resume:
+        state = json.loads((ckpt_dir / "last" / "state.json").read_text())
+        _recover_dir(ckpt_dir / "best")
+        if (ckpt_dir / "best" / "state.json").exists():
+            tf.train.Checkpoint(flow=flow.module).read(str(ckpt_dir / "best" / CKPT_NAME)).expect_partial()
+            best_weights = flow.get_weights()
+        ckpt.read(str(ckpt_dir / "last" / CKPT_NAME)).assert_consumed()
+        log.info("resuming %s from epoch %d", model_dir, state["epoch"])
+        if state["stopped_early"]:
+            log.info("the interrupted run had already stopped early at epoch %d", state["epoch"])
+    history: list[dict[str, float]] = state["history"]
+    atomic_write_text(model_dir / "history.csv", _history_csv(history))
+
+    use_val = data.n_val > 0
+    early = tc.patience > 0
+    bar = _progress(progress, tc.epochs, state["epoch"])
+    try:
+        epoch = state["epoch"]
+        while epoch < tc.epochs and not state["stopped_early"]:
+            epoch += 1
+            perm = compiled.permutation(tc.seed, epoch)
+            t0 = time.perf_counter()
+            loss = float(compiled.train_epoch(tf.constant(perm)))
+            val_loss = compiled.validation_loss()
+            seconds = time.perf_counter() - t0
+            lr = float(schedule(optimizer.iterations))
+            if not np.isfinite(loss) or (use_val and not np.isfinite(val_loss)):
+                last = ckpt_dir / "last"
+                where = (
+                    f"the last good checkpoint is {last} (epoch {state['epoch']})"
+                    if state["epoch"] > 0
+                    else "no checkpoint was written before it"
+                )
+                msg = f"training loss became NaN/inf at epoch {epoch} (loss {loss}, val_loss {val_loss}); stopped; {where}"
+                log.error(msg)
+                raise TrainingError(msg)
+            row = {"epoch": epoch, "loss": loss, "val_loss": val_loss, "lr": lr}
+            history.append(row)
+            monitored = val_loss if use_val else loss
+            improved = monitored < state["best_loss"]
+            if improved:
+                state["best_loss"], state["best_epoch"], state["wait"] = monitored, epoch, 0
+            else:
+                state["wait"] += 1
+            if early and state["wait"] >= tc.patience:
+                state["stopped_early"] = True
+            state["epoch"] = epoch
+            state["history"] = history
+            atomic_write_text(model_dir / "history.csv", _history_csv(history))
+            if improved:
+                best_weights = flow.get_weights()
+                _write_checkpoint(ckpt, ckpt_dir / "best", state)
+            if epoch % tc.checkpoint_every == 0:
+                _write_checkpoint(ckpt, ckpt_dir / f"epoch-{epoch:04d}", state)
+            # `last` is written after the others: it is the point a resume continues from.
+            _write_checkpoint(ckpt, ckpt_dir / "last", state)
+            info = f"loss {loss:.4f}  val {val_loss:.4f}  {compiled.steps * batch_size / seconds:,.0f} ev/s"
+            log.info("epoch %d/%d: %s", epoch, tc.epochs, info)
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=epoch, info=info)
+            if state["stopped_early"]:
+                log.info(
+                    "early stopping at epoch %d: no improvement for %d epochs; best epoch %d",
+                    epoch, tc.patience, state["best_epoch"],
+                )
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    if early and best_weights is not None:
+        flow.set_weights(best_weights)  # restore the best weights (early stopping's promise)
+    weights_tmp = model_dir / f".weights.tmp-{os.getpid()}"
+    shutil.rmtree(weights_tmp, ignore_errors=True)
+    tf.train.Checkpoint(flow=flow.module).write(str(weights_tmp / Path(WEIGHTS_PREFIX).name))
+    _replace_dir(weights_tmp, model_dir / Path(WEIGHTS_PREFIX).parent)
+    info = {
+        **data.report,
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_loss": state["best_loss"],
+        "stopped_early": state["stopped_early"],
+        "final_weights": "best" if early and best_weights is not None else "last",
+        "steps_per_epoch": steps,
+        "batch_size": batch_size,
+        "feature_names": data.preprocessor.feature_names,
+        "label_names": data.preprocessor.label_names,
+    }
+    atomic_write_text(model_dir / "training.json", json.dumps(info, indent=2))
+    _maybe_plot_loss(model_dir)
+    return TrainedModel(
+        config=config,
+        preprocessor=data.preprocessor,
+        flow=flow,
+        path=model_dir,
+        training_label_points=np.asarray(info["label_points"], dtype=np.float64),
+        label_ranges=info["label_ranges"],
+        info=info,
+    )
+
+
+def _maybe_plot_loss(model_dir: Path) -> None:
+    """The loss-curve plot belongs to compare (OUTPUT); call it when that module offers it."""
+    try:
+        from fedhex_hep import compare
+    except ImportError:
+        return
+    plot = getattr(compare, "plot_loss", None)
+    if plot is None:
+        return
+    try:
+        plot(model_dir / "history.csv", model_dir / "loss.png", overwrite=True)
+    except Exception as exc:  # a plot must never lose a trained model
+        log.warning("could not plot the loss curve: %s", exc)
+

@@ -1,0 +1,268 @@
+"""Training: model directory, exact checkpoints, resume identity (also after SIGKILL),
+early stopping, NaN handling, save/load identity for several architectures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from fedhex_hep.atomic import OutputError  # noqa: E402
+from fedhex_hep.config import Config, load_config  # noqa: E402
+from fedhex_hep.featureset import FeatureSet  # noqa: E402
+from fedhex_hep.model_io import ModelDirError, checkpoint_prefix, load_model  # noqa: E402
+from fedhex_hep.train import TrainingError, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_featureset(n: int = 3000, seed: int = 0) -> FeatureSet:
+    """Two reconstructed masses smeared around two generator masses on a 3 x 2 grid (GeV)."""
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.choice([1000.0, 1500.0, 2000.0], n), rng.choice([2.0, 6.0], n)], axis=1)
+    features = np.stack(
+        [
+            labels[:, 0] * np.exp(0.03 * rng.standard_normal(n)),
+            labels[:, 1] * np.exp(0.08 * rng.standard_normal(n) - 0.02),
+        ],
+        axis=1,
+    )
+    return FeatureSet.from_numpy(features, labels, ["mphi", "momega"], ["gphi", "gomega"])
+
+
+def toy_config(**overrides: object) -> Config:
+    base = {
+        "input.features": {"mphi": "a", "momega": "b"},
+        "input.labels": {"gphi": "c", "gomega": "d"},
+        "preprocessing.features": {
+            "mphi": {"relative_to": "gphi", "transform": "log"},
+            "momega": {"relative_to": "gomega", "transform": "log"},
+        },
+        "preprocessing.labels": {"gphi": {"transform": "log"}, "gomega": {"transform": "log"}},
+        "input.min_events_per_label": 0,
+        "model.n_blocks": 2,
+        "model.hidden_units": [16, 16],
+        "training.epochs": 4,
+        "training.decay_epochs": 4,
+        "training.batch_size": 256,
+        "training.checkpoint_every": 2,
+        "training.patience": 5,
+        "generation.labels": [[1500.0, 4.0]],
+    }
+    base.update(overrides)
+    return load_config(overrides=base)
+
+
+def _ckpt_weights(model_dir: Path, name: str) -> list[np.ndarray]:
+    reader = tf.train.load_checkpoint(str(checkpoint_prefix(model_dir, name)))
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("flow/") and "OPTIMIZER" not in k)
+    return [reader.get_tensor(k) for k in keys]
+
+
+def _final_weights(model_dir: Path) -> list[np.ndarray]:
+    reader = tf.train.load_checkpoint(str(model_dir / "weights" / "weights"))
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("flow/"))
+    assert keys
+    return [reader.get_tensor(k) for k in keys]
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_model_dir_layout_and_exact_checkpoint_epochs(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model = train(toy_featureset(), toy_config(**{"training.epochs": 5}), model_dir, progress=False)
+    ckpts = sorted(p.name for p in (model_dir / "checkpoints").iterdir())
+    assert ckpts == ["best", "epoch-0002", "epoch-0004", "last"]
+    for name in ("config.toml", "preprocessing.json", "training.json", "versions.json", "history.csv", "loss.png"):
+        assert (model_dir / name).is_file(), name
+    assert not [p for p in model_dir.rglob(".*") if p.name != ".fedhex-hep.lock"]  # no temporaries left
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,loss,val_loss,lr"
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5"]
+    # checkpoint epoch-0002 really is the state after epoch 2
+    assert json.loads((model_dir / "checkpoints" / "epoch-0002" / "state.json").read_text())["epoch"] == 2
+    assert json.loads((model_dir / "checkpoints" / "last" / "state.json").read_text())["epoch"] == 5
+    versions = json.loads((model_dir / "versions.json").read_text())
+    assert set(versions) >= {"fedhex-hep", "tensorflow", "tensorflow-probability", "numpy"}
+    info = json.loads((model_dir / "training.json").read_text())
+    assert info["label_points"] == [[1000.0, 2.0], [1000.0, 6.0], [1500.0, 2.0], [1500.0, 6.0], [2000.0, 2.0], [2000.0, 6.0]]
+    assert info["label_ranges"]["gphi"] == {"min": 1000.0, "max": 2000.0, "spacing": 500.0}
+    assert load_config(model_dir / "config.toml").to_dict() == toy_config(**{"training.epochs": 5}).to_dict()
+    # the loss went down: the loop really trains
+    losses = [float(line.split(",")[1]) for line in history[1:]]
+    assert losses[-1] < losses[0]
+    assert model.training_label_points.shape == (6, 2)
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    fs = toy_featureset()
+    full = tmp_path / "full"
+    train(fs, toy_config(), full, progress=False)
+    part = tmp_path / "part"
+    train(fs, toy_config(**{"training.epochs": 2}), part, progress=False)
+    train(fs, toy_config(), part, resume=True, progress=False)
+    assert (full / "history.csv").read_bytes() == (part / "history.csv").read_bytes()
+    assert _same(_final_weights(full), _final_weights(part))
+    assert _same(_ckpt_weights(full, "last"), _ckpt_weights(part, "last"))
+    assert _same(_ckpt_weights(full, "epoch-0004"), _ckpt_weights(part, "epoch-0004"))
+
+
+def test_resume_refuses_changed_config_and_fresh_run_refuses_existing_model(tmp_path: Path) -> None:
+    fs = toy_featureset()
+    train(fs, toy_config(**{"training.epochs": 1}), tmp_path / "m", progress=False)
+    with pytest.raises(TrainingError, match="'model.n_blocks' differs"):
+        train(fs, toy_config(**{"model.n_blocks": 3}), tmp_path / "m", resume=True, progress=False)
+    with pytest.raises(OutputError, match="already holds a model"):
+        train(fs, toy_config(), tmp_path / "m", progress=False)
+    with pytest.raises(ModelDirError, match="missing config.toml"):
+        train(fs, toy_config(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_early_stopping_restores_best_weights(tmp_path: Path) -> None:
+    # 90 events, a big step size and a wide net: validation loss stops improving quickly
+    fs = toy_featureset(n=90, seed=1)
+    cfg = toy_config(
+        **{
+            "training.epochs": 80,
+            "training.decay_epochs": 80,
+            "training.patience": 3,
+            "training.batch_size": 32,
+            "training.learning_rate": 0.02,
+            "training.final_learning_rate": 0.02,
+            "training.checkpoint_every": 100,
+            "training.validation_fraction": 0.3,
+            "model.hidden_units": [64, 64],
+        }
+    )
+    model = train(fs, cfg, tmp_path / "m", progress=False)
+    info = model.info
+    assert info["stopped_early"] is True
+    assert info["epochs_run"] < 80
+    assert info["best_epoch"] == info["epochs_run"] - 3
+    rows = (tmp_path / "m" / "history.csv").read_text().splitlines()[1:]
+    val = [float(r.split(",")[2]) for r in rows]
+    assert int(np.argmin(val)) + 1 == info["best_epoch"]
+    best, last, final = (_ckpt_weights(tmp_path / "m", "best"), _ckpt_weights(tmp_path / "m", "last"),
+                         _final_weights(tmp_path / "m"))
+    assert _same(final, best) and not _same(final, last)
+    assert _same([v.numpy() for v in model.flow.trainable_variables], load_model(tmp_path / "m").flow.get_weights())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import fedhex_hep.train as train_module
+
+    fs = toy_featureset(n=1000)
+    cfg = toy_config(**{"training.epochs": 5, "training.batch_size": 200, "training.checkpoint_every": 1})
+    steps_per_epoch = 800 // 200
+    counter = tf.Variable(0, dtype=tf.int64)
+    original = train_module._batch_loss
+
+    def poisoned(flow, z, c, w):  # the loss turns NaN during epoch 3
+        counter.assign_add(1)
+        loss = original(flow, z, c, w)
+        return tf.where(counter > 2 * steps_per_epoch + 1, tf.constant(np.nan, tf.float32), loss)
+
+    monkeypatch.setattr(train_module, "_batch_loss", poisoned)
+    with caplog.at_level("ERROR"), pytest.raises(TrainingError, match="NaN/inf at epoch 3.*last good checkpoint.*epoch 2"):
+        train(fs, cfg, tmp_path / "m", progress=False)
+    assert "NaN/inf at epoch 3" in caplog.text
+    ckpts = sorted(p.name for p in (tmp_path / "m" / "checkpoints").iterdir())
+    assert ckpts == ["best", "epoch-0001", "epoch-0002", "last"]
+    assert json.loads((tmp_path / "m" / "checkpoints" / "last" / "state.json").read_text())["epoch"] == 2
+    assert all(np.all(np.isfinite(w)) for w in _ckpt_weights(tmp_path / "m", "last"))
+    assert len((tmp_path / "m" / "history.csv").read_text().splitlines()) == 3
+    good = load_model(tmp_path / "m", checkpoint="last") if (tmp_path / "m" / "weights").exists() else None
+    assert good is None  # no final weights were written from a diverged run
+
+
+ARCHITECTURES = [
+    pytest.param("maf", 1, [8], id="maf-1x8"),
+    pytest.param("maf", 3, [16, 16], id="maf-3x16x16"),
+    pytest.param("maf", 6, [8, 12, 8], id="maf-6x8x12x8"),
+    pytest.param("spline", 2, [16], id="spline-2x16"),
+]
+
+
+@pytest.mark.parametrize("kind,blocks,hidden", ARCHITECTURES)
+def test_save_load_identity(tmp_path: Path, kind: str, blocks: int, hidden: list[int]) -> None:
+    fs = toy_featureset(n=1200)
+    cfg = toy_config(**{"model.kind": kind, "model.n_blocks": blocks, "model.hidden_units": hidden,
+                        "training.epochs": 2, "training.checkpoint_every": 1})
+    model = train(fs, cfg, tmp_path / "m", progress=False)
+    loaded = load_model(tmp_path / "m")
+    x, y = fs.features[:200], fs.labels[:200]
+    assert np.array_equal(model.log_prob(x, y), loaded.log_prob(x, y))
+    c = np.repeat(model.preprocessor.transform_labels(np.array([[1250.0, 4.0]])), 500, axis=0)
+    assert np.array_equal(model.flow.sample(c, seed=11), loaded.flow.sample(c, seed=11))
+    assert loaded.config.to_dict() == cfg.to_dict()
+    # checkpoints load too, and differ from each other where training moved the weights
+    first = load_model(tmp_path / "m", checkpoint="epoch-0001")
+    last = load_model(tmp_path / "m", checkpoint="last")
+    assert not np.array_equal(first.log_prob(x, y), last.log_prob(x, y))
+
+
+def test_missing_model_files_are_named(tmp_path: Path) -> None:
+    train(toy_featureset(n=500), toy_config(**{"training.epochs": 1}), tmp_path / "m", progress=False)
+    (tmp_path / "m" / "weights" / "weights.index").unlink()
+    with pytest.raises(ModelDirError, match=r"missing weights/weights\.index"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelDirError, match="no checkpoint epoch-0007"):
+        load_model(tmp_path / "m", checkpoint=7)
+    (tmp_path / "m" / "preprocessing.json").unlink()
+    with pytest.raises(ModelDirError, match="missing preprocessing.json"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelDirError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    fs = toy_featureset(n=20000)
+    cfg = toy_config(**{"training.epochs": 12, "training.decay_epochs": 12, "training.checkpoint_every": 2})
+    fs.save(tmp_path / "fs.parquet")
+    cfg.write(tmp_path / "config.toml")
+    model_dir = tmp_path / "killed"
+    script = textwrap.dedent(
+        f"""
+        from fedhex_hep.config import load_config
+        from fedhex_hep.featureset import FeatureSet
+        from fedhex_hep.train import train
+        train(FeatureSet.load({str(tmp_path / 'fs.parquet')!r}), load_config({str(tmp_path / 'config.toml')!r}),
+              {str(model_dir)!r}, progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not (model_dir / "checkpoints" / "epoch-0002").exists():
+            assert proc.poll() is None, "training subprocess ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = json.loads((model_dir / "checkpoints" / "last" / "state.json").read_text())["epoch"]
+    assert 2 <= done < 12 and not (model_dir / "training.json").exists()
+
+    train(fs, cfg, model_dir, resume=True, progress=False)
+    clean = tmp_path / "clean"
+    train(fs, cfg, clean, progress=False)
+    assert (clean / "history.csv").read_bytes() == (model_dir / "history.csv").read_bytes()
+    assert _same(_final_weights(clean), _final_weights(model_dir))
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == sorted(
+        p.name for p in (clean / "checkpoints").iterdir()
+    )
