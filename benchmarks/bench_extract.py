@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs per method; the median is reported")
     parser.add_argument("--workers", type=int, default=2, help="futures executor processes")
     parser.add_argument("--chunksize", type=int, default=200_000, help="events per chunk (both sides)")
-    parser.add_argument("--compression", default="lzma", help="ROOT compression of the grid (lzma, zlib, zstd, lz4)")
+    parser.add_argument("--compression", default="lzma", help="ROOT compression of the grid (lzma, zlib, none)")
     parser.add_argument("--workdir", default=None, help="write the grid here (kept) instead of a temp folder")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ naming the file and the reason: an :class:`ExtractionError`, or -- with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,6 +86,24 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
         return f"corrupt or truncated ROOT file ({type(exc).__name__}: {text[:200]})", 0, b""
 
 
+def _process_pool(workers: int) -> Any:
+    """Worker processes for the futures executor.
+
+    On Linux the workers are forked: they start in milliseconds with coffea, awkward and uproot
+    already imported, where coffea's default (loky, spawned) pays seconds of imports per worker.
+    Forking is avoided once TensorFlow is loaded (its thread pools do not survive a fork).
+    """
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    if sys.platform.startswith("linux") and "tensorflow" not in sys.modules:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    from coffea.processor.executor import loky
+
+    return loky.ProcessPoolExecutor(max_workers=workers)
+
+
 def _make_executor(kind: str, workers: int, progress: bool, client: Any) -> Any:
     from coffea import processor
 
@@ -92,7 +111,7 @@ def _make_executor(kind: str, workers: int, progress: bool, client: Any) -> Any:
         # retries=0: a failing chunk is a deterministic problem; retrying only repeats it
         return processor.IterativeExecutor(status=progress, retries=0)
     if kind == "futures":
-        return processor.FuturesExecutor(workers=workers, status=progress, retries=0)
+        return processor.FuturesExecutor(pool=_process_pool(workers), workers=workers, status=progress, retries=0)
     return processor.DaskExecutor(client=client, status=progress, retries=3)
 
 
@@ -121,24 +140,30 @@ def run_processor(
     if workers < 1:
         raise ExtractionError(f"workers must be >= 1, got {workers}")
     schema_cls = NanoAODSchema if schema == "nanoaod" else BaseSchema
-    cluster = client = None
-    try:
+    client = None
+    with contextlib.ExitStack() as stack:
         if executor == "dask":
             from dask.distributed import Client, LocalCluster
 
             if scheduler:
-                client = Client(scheduler)
+                client = stack.enter_context(Client(scheduler))
             else:
-                cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=":0",
-                    silence_logs=logging.ERROR,
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=":0",
+                        silence_logs=logging.ERROR,
+                    )
                 )
-                client = Client(cluster)
+                client = stack.enter_context(Client(cluster))
+        chosen = _make_executor(executor, workers, progress, client)
+        pool = getattr(chosen, "pool", None)
+        if pool is not None and not isinstance(pool, type):
+            stack.callback(pool.shutdown)
         runner = processor.Runner(
-            executor=_make_executor(executor, workers, progress, client),
+            executor=chosen,
             schema=schema_cls,
             chunksize=chunksize,
             skipbadfiles=False,
@@ -149,11 +174,6 @@ def run_processor(
             # branches it rebuilds (e.g. Photon_mass); harmless here: we read branches by name.
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"coffea\.")
             return runner(dict(fileset), proc, treename=treename)
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 _WORKITEM_FILE = re.compile(r"filename='([^']+)'")

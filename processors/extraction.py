@@ -83,13 +83,19 @@ def group_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return table[first], inverse.reshape(-1).astype(np.int64)
 
 
-def _point_keys(names: Sequence[str], table: np.ndarray) -> np.ndarray:
-    """Category strings of every row of ``table`` (n, L), computed once per distinct point."""
-    if len(table) == 0:
-        return np.array([], dtype=object)
+def _fill_per_point(h: Any, name: str, names: Sequence[str], table: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+    """Fill ``h`` point by point: one category string per fill is ~10x faster than a string per event."""
+    good = np.isfinite(values)
+    if not good.any():
+        return
+    table, values, weights = table[good], values[good], weights[good]
     points, inverse = group_rows(table)
-    strings = np.array([point_key(names, p) for p in points], dtype=object)
-    return strings[inverse]
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(points) + 1))
+    for i, point in enumerate(points):
+        rows = order[bounds[i] : bounds[i + 1]]
+        label = [np.nan if v == -np.inf else v for v in point]
+        h.fill(point=point_key(names, label), **{name: values[rows]}, weight=weights[rows])
 
 
 def resolve_branch(events: Any, name: str) -> Any | None:
@@ -364,13 +370,11 @@ class FeatureProcessor(processor.ProcessorABC):
 
         hists = {}
         if self.ranges:
-            keys = _point_keys(label_names, table[mask])
             for name, (lo, hi) in self.ranges.items():
                 if name not in self.features:
                     continue
                 h = self._new_hist(name, lo, hi)
-                if n_sel:
-                    h.fill(point=keys, **{name: columns[name]}, weight=columns["weight"])
+                _fill_per_point(h, name, label_names, table[mask], columns[name], columns["weight"])
                 hists[name] = h
 
         return {
@@ -386,7 +390,6 @@ class FeatureProcessor(processor.ProcessorABC):
         hists = dict(accumulator.get("hists") or {})
         weight = columns["weight"]
         table = np.stack([columns[k] for k in label_names], axis=1) if label_names else np.zeros((len(weight), 0))
-        keys = _point_keys(label_names, table)
         for name in self.features:
             if name in hists:
                 continue
@@ -397,8 +400,7 @@ class FeatureProcessor(processor.ProcessorABC):
                 lo, hi = lo - 0.5, hi + 0.5
             hi = float(np.nextafter(hi, np.inf))  # include the maximum in the last bin
             h = self._new_hist(name, lo, hi)
-            if finite.any():
-                h.fill(point=keys[finite], **{name: values[finite]}, weight=weight[finite])
+            _fill_per_point(h, name, label_names, table, values, weight)
             hists[name] = h
         accumulator["hists"] = hists
         return accumulator
