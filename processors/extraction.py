@@ -73,6 +73,13 @@ def group_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return table[:0], np.zeros(0, dtype=np.int64)
     if width == 0 or bool(np.all(table == table[0])):
         return table[:1], np.zeros(n, dtype=np.int64)
+    # Events come file by file, so equal labels form long runs: group the runs (few), not rows.
+    change = np.flatnonzero(np.any(table[1:] != table[:-1], axis=1)) + 1
+    if len(change) < n // 8:
+        run_starts = np.concatenate([[0], change])
+        lengths = np.diff(np.concatenate([run_starts, [n]]))
+        points, run_group = np.unique(table[run_starts], axis=0, return_inverse=True)
+        return points, np.repeat(run_group.reshape(-1).astype(np.int64), lengths)
     key = np.zeros(n, dtype=np.int64)
     for column in range(width):
         values, codes = np.unique(table[:, column], return_inverse=True)

@@ -370,3 +370,21 @@ def test_lost_chunk_is_loud_not_a_smaller_dataset(demo_dir, monkeypatch):
     cfg = _config([sorted(demo_dir.glob("*/*.root"))[0]], **{"input.chunksize": 100})
     with pytest.raises(ExtractionError, match="extraction lost events"):
         extract(cfg, progress=False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_group_rows_matches_numpy_unique(seed):
+    from processors.extraction import group_rows
+
+    rng = np.random.default_rng(seed)
+    tables = [
+        rng.integers(0, 3, (500, 2)).astype(float),  # scattered rows: per-column path
+        np.repeat(rng.integers(0, 4, (12, 2)), 50, axis=0).astype(float),  # runs: run path
+        np.where(rng.random((300, 3)) < 0.1, np.nan, rng.integers(0, 2, (300, 3))),  # NaN groups
+        np.full((7, 2), 3.5),
+    ]
+    for table in tables:
+        points, inverse = group_rows(table)
+        ref_points, ref_inverse = np.unique(np.nan_to_num(table, nan=-np.inf), axis=0, return_inverse=True)
+        np.testing.assert_array_equal(points, ref_points)
+        np.testing.assert_array_equal(inverse, ref_inverse.reshape(-1))
