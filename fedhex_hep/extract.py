@@ -22,6 +22,7 @@ naming the file and the reason: an :class:`ExtractionError`, or -- with
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -169,6 +170,9 @@ def run_processor(
             skipbadfiles=False,
             metadata_cache=metadata_cache if metadata_cache is not None else {},
         )
+        if not progress:
+            # coffea's futures executor draws its bars even with status=False
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         with warnings.catch_warnings():
             # NanoAODSchema warns about cross-references to collections a file lacks and about
             # branches it rebuilds (e.g. Photon_mass); harmless here: we read branches by name.
