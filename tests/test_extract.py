@@ -388,3 +388,53 @@ def test_group_rows_matches_numpy_unique(seed):
         ref_points, ref_inverse = np.unique(np.nan_to_num(table, nan=-np.inf), axis=0, return_inverse=True)
         np.testing.assert_array_equal(points, ref_points)
         np.testing.assert_array_equal(inverse, ref_inverse.reshape(-1))
+
+
+def test_weight_expression_and_json_fileset_bad_entries(nanoaod_dir, tmp_path):
+    """Weights come from an expression; a JSON fileset's zero-byte / missing files are named."""
+    zero = tmp_path / "zero.root"
+    zero.touch()
+    fileset = tmp_path / "fs.json"
+    fileset.write_text(
+        json.dumps(
+            {
+                "dy": {"files": [str(nanoaod_dir / "nano_dy.root"), "zero.root", "missing.root"], "metadata": {"m": 91}},
+            }
+        )
+    )
+    cfg = nano_config(fileset, **{"input.labels": {"m": "m"}, "input.weight": "genWeight / abs(genWeight) * 2"})
+    with pytest.warns(BadFileWarning) as record:
+        fs = extract(cfg, progress=False)
+    reasons = {s["file"]: s["reason"] for s in fs.metadata["skipped_files"]}
+    assert reasons == {str(zero): "empty file (0 bytes)", str(tmp_path / "missing.root"): "file does not exist"}
+    assert len(record) == 2
+    arrays = uproot.open(nanoaod_dir / "nano_dy.root")["Events"].arrays(["nMuon", "genWeight"])
+    expected = np.sign(ak.to_numpy(arrays.genWeight[arrays.nMuon >= 2])) * 2
+    np.testing.assert_array_equal(fs.weights, expected)
+
+
+def test_processor_picklable_stateless_from_config(demo_dir):
+    import pickle
+
+    from coffea.nanoevents import BaseSchema, NanoEventsFactory
+
+    from processors.extraction import FeatureProcessor
+
+    proc = FeatureProcessor.from_config(load_config().input)
+    clone = pickle.loads(pickle.dumps(proc))
+    assert clone.features == proc.features and clone.selection == proc.selection
+    assert proc.branches({"Phi": 1.0}) == sorted(
+        {"CBL_Region", "Photon_pt", "CBL_RecoPhi_photonindex", "CBL_RecoPhi_mass", "TwoProng_massPi0",
+         "CBL_RecoPhi_twoprongindex", "GenPhi_mass", "GenOmega_mass"}
+    )
+    file = str(sorted(demo_dir.glob("*/*.root"))[0])
+    events = NanoEventsFactory.from_root({file: "Events"}, schemaclass=BaseSchema, mode="virtual",
+                                         metadata={"dataset": "d", "filename": file}).events()
+    first, second = proc.process(events), clone.process(events[:0])
+    again = proc.process(events)
+    for name in ("phi", "omega", "labelphi", "labelomega", "weight"):
+        np.testing.assert_array_equal(first["columns"][name].value, again["columns"][name].value)
+        assert len(second["columns"][name].value) == 0  # empty chunk: no special case needed
+    assert first["cutflow"] == again["cutflow"]
+    with pytest.raises(ValueError, match="attribute access"):
+        FeatureProcessor({"x": "a.b"}, {})
