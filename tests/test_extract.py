@@ -438,3 +438,14 @@ def test_processor_picklable_stateless_from_config(demo_dir):
     assert first["cutflow"] == again["cutflow"]
     with pytest.raises(ValueError, match="attribute access"):
         FeatureProcessor({"x": "a.b"}, {})
+
+
+def test_labels_from_folder_metadata_match_generator_branches(demo_dir):
+    files = sorted(demo_dir.glob("*/*.root"))[:3]
+    from_branches = extract(_config(files), progress=False)
+    from_folders = extract(_config(files, **{"input.labels": {"labelphi": "Phi", "labelomega": "omega"}}), progress=False)
+    np.testing.assert_array_equal(from_folders.features, from_branches.features)
+    np.testing.assert_allclose(from_folders.labels, from_branches.labels, rtol=1e-6)
+    for file in files:
+        parsed = build_fileset([file], "Events", 1)[file.parent.name]["metadata"]
+        assert from_folders.mask_label([parsed["Phi"], parsed["omega"]]).any()
