@@ -261,6 +261,10 @@ def train(
         if not (model_dir / "config.toml").exists():
             raise ModelDirError(f"cannot resume: model directory {model_dir} is missing config.toml")
         _recover_dir(ckpt_dir / "last")
+        _recover_dir(ckpt_dir / "best")
+        # half-written folders of the interrupted process (never renamed into place)
+        for stale in [*ckpt_dir.glob(".*.tmp-*"), *ckpt_dir.glob(".*.old-*"), *model_dir.glob(".weights.tmp-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         if not (ckpt_dir / "last" / "state.json").exists():
             raise ModelDirError(f"cannot resume: model directory {model_dir} is missing checkpoints/last")
         _check_resume_config(model_dir, config)
@@ -309,7 +313,6 @@ def train(
     best_weights: list[np.ndarray] | None = None
     if resume:
         state = json.loads((ckpt_dir / "last" / "state.json").read_text())
-        _recover_dir(ckpt_dir / "best")
         if (ckpt_dir / "best" / "state.json").exists():
             tf.train.Checkpoint(flow=flow.module).read(str(ckpt_dir / "best" / CKPT_NAME)).expect_partial()
             best_weights = flow.get_weights()
