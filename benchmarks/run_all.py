@@ -1,0 +1,219 @@
+"""Run every benchmark and rewrite benchmarks/RESULTS.md.
+
+    python benchmarks/run_all.py            # full sizes (about 15-20 minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # small sizes, a smoke test of the machinery
+
+Each benchmark runs in a fresh Python process (TensorFlow and coffea keep process-wide state,
+and peak memory must be measured per process) and returns a JSON dict; every comparison inside
+a benchmark measures both sides in the same run, so the ratios are what to read: absolute times
+vary from machine to machine. Each figure is the median over ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+CHILD = """
+import json, sys
+sys.path.insert(0, {here!r})
+import {module} as bench
+result = bench.run(**json.loads(sys.argv[1]))
+print("@@RESULT@@" + json.dumps(result, default=float))
+"""
+
+
+def run_child(module: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run ``module.run(**kwargs)`` in a fresh interpreter and return its dict."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.format(here=str(HERE), module=module), json.dumps(kwargs)],
+        capture_output=True, text=True, env=env, cwd=REPO,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@"):])
+    raise RuntimeError(f"benchmark {module} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def repeated(module: str, kwargs: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
+    return [run_child(module, kwargs) for _ in range(repeats)]
+
+
+def median_of(results: list[dict[str, Any]], *keys: str) -> float:
+    values = []
+    for r in results:
+        node: Any = r
+        for k in keys:
+            node = node[k]
+        values.append(float(node))
+    return statistics.median(values)
+
+
+def end_to_end(repeats: int, epochs: int | None) -> dict[str, Any]:
+    """Wall time of ``fedhex-hep run`` on the shipped demo grid with the default config."""
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "fedhex_hep.cli", "run", "--output-dir", tmp, "--no-progress"]
+            if epochs:
+                cmd += ["--epochs", str(epochs)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            times.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                raise RuntimeError(f"fedhex-hep run failed:\n{proc.stderr[-3000:]}")
+    return {"seconds": statistics.median(times), "all_seconds": times}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("fedhex-hep", "tensorflow", "tensorflow-probability", "tf-keras", "coffea", "uproot", "awkward", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        import psutil
+
+        mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def render(results: dict[str, Any], args: argparse.Namespace) -> str:
+    ex, tr, ge, e2e = results["extract"], results["train"], results["generate"], results["e2e"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `python benchmarks/run_all.py{' --quick' if args.quick else ''} --repeats {args.repeats}` "
+        f"on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Each figure is the median over "
+        f"{args.repeats} run(s); both sides of every comparison ran in the same run, so read the ratios.",
+        "",
+        f"Machine: {machine()}",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "",
+        "| stage | measure | ours | baseline | ratio (ours / baseline) | goal | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    raw = median_of(ex, "events_per_s", "raw_uproot")
+    for executor in ("iterative", "futures"):
+        ours = median_of(ex, "events_per_s", executor)
+        ratio = median_of(ex, f"ratio_{executor}_vs_raw")
+        lines.append(
+            f"| extract ({ex[0]['events']:,} events, {executor}) | events/s | {ours:,.0f} | {raw:,.0f} (plain uproot read + selection) "
+            f"| {ratio:.2f}x | >= 0.5x | {'yes' if ratio >= 0.5 else 'no'} |"
+        )
+    ours = median_of(tr, "ours_events_per_s")
+    keras = median_of(tr, "keras_fit_events_per_s")
+    ratio = median_of(tr, "ratio")
+    lines.append(
+        f"| train ({tr[0]['architecture']}, {tr[0]['events_train']:,} events, {tr[0]['epochs']} epochs) | events/s per epoch "
+        f"| {ours:,.0f} | {keras:,.0f} (Keras `model.fit` on the same flow) | {ratio:.2f}x | >= 2x | {'yes' if ratio >= 2 else 'no'} |"
+    )
+    vo, vk = median_of(tr, "ours_val_loss"), median_of(tr, "keras_fit_val_loss")
+    lines.append(
+        f"| train | validation loss after {tr[0]['epochs']} epochs | {vo:.4f} | {vk:.4f} | {vo - vk:+.4f} (difference) "
+        f"| equal or better | {'yes' if vo <= vk + 0.01 else 'no'} |"
+    )
+    by_n: dict[int, list[dict[str, Any]]] = {}
+    for run in ge:
+        for r in run["results"]:
+            by_n.setdefault(int(r["n"]), []).append(r)
+    ns = sorted(by_n)
+    for n in ns:
+        secs = statistics.median(float(r["wall_s"]) for r in by_n[n])
+        rss = statistics.median(float(r["peak_rss_mb"]) for r in by_n[n])
+        work = statistics.median(float(r["growth_mb"]) - float(r["output_arrays_mb"]) for r in by_n[n])
+        goal = "<= 5 s" if n == 1_000_000 else ""
+        met = ("yes" if secs <= 5 else "no") if n == 1_000_000 else ""
+        lines.append(
+            f"| generate {n:,} events (batch {ge[0]['batch_size']:,}) | wall time; peak RSS; working memory beyond the returned arrays "
+            f"| {secs:.2f} s; {rss:,.0f} MB; {work:,.0f} MB | | | {goal} | {met} |"
+        )
+    if len(ns) >= 2:
+        small, large = ns[0], ns[-1]
+
+        def working(n: int) -> float:
+            return statistics.median(float(r["growth_mb"]) - float(r["output_arrays_mb"]) for r in by_n[n])
+
+        grow = working(large) - working(small)
+        lines.append(
+            f"| generate | working memory at {large:,} minus at {small:,} events | {grow:+,.0f} MB | | (N grew {large / small:.0f}x) "
+            f"| bounded by the batch, not N | {'yes' if grow < 200 else 'no'} |"
+        )
+    lines.append(
+        f"| end to end (`fedhex-hep run`, demo data, default config{'' if not args.epochs else f', {args.epochs} epochs'}) "
+        f"| wall time | {e2e['seconds']:.0f} s | | {e2e['seconds'] / 300:.2f}x of the 5-minute goal | <= 300 s | {'yes' if e2e['seconds'] <= 300 else 'no'} |"
+    )
+    lines += ["", "Raw results (JSON):", "", "```json", json.dumps(results, indent=1, default=float), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the machinery, not the goals")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per benchmark; medians are reported")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of the end-to-end run")
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        sizes = {
+            "extract": {"n_events": 100_000, "repeats": 1},
+            "train": {"events": 5000, "epochs": 2, "blocks": 2, "units": 16},
+            "generate": {"ns": [100_000, 400_000]},
+        }
+    else:
+        sizes = {
+            "extract": {"n_events": 1_000_000, "repeats": 1},
+            "train": {"events": 50_000, "epochs": 5},
+            "generate": {"ns": [1_000_000, 10_000_000]},
+        }
+    results: dict[str, Any] = {}
+    for name, module in (("extract", "bench_extract"), ("train", "bench_train"), ("generate", "bench_generate")):
+        print(f"running {name} ...", flush=True)
+        results[name] = repeated(module, sizes[name], args.repeats)
+    print("running end to end ...", flush=True)
+    results["e2e"] = end_to_end(1 if args.quick else args.repeats, 2 if args.quick and not args.epochs else args.epochs)
+
+    from fedhex_hep.atomic import atomic_write_text
+
+    text = render(results, args)
+    atomic_write_text(args.output, text)
+    print(text.split("Raw results")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
