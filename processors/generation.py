@@ -67,7 +67,7 @@ Example: a user's own processor that calls ours inside its ``process``
             return accumulator
 
     analysis = MyAnalysis("output/run-.../model", [[1870.0, 9.025], [2464.0, 5.125]])
-    fileset = {"signal_mc": {"files": {"data/demo/Phi_1870_omega_9p025/nano_0.root": "Events"}}}
+    fileset = {"signal_mc": {"files": {"data/demo/Phi_2000_omega_5/nano_0.root": "Events"}}}
     fileset.update(analysis.templates.fileset("scratch/"))   # writes scratch/flow_points.root
     run = processor.Runner(executor=processor.IterativeExecutor(), schema=BaseSchema, chunksize=10000)
     out = run(fileset, analysis)
