@@ -90,8 +90,10 @@ def test_bad_points_shape(model: TrainedModel) -> None:
 
 
 @pytest.mark.slow
-def test_demo_grid_closure_at_grid_point(demo_dir: Path, tmp_path: Path) -> None:
-    """Small fast model on the shipped demo grid: medians at a grid point within 2% of the MC."""
+def test_demo_grid_closure_at_grid_points(demo_dir: Path, tmp_path: Path) -> None:
+    """Small fast model (3 blocks x [32, 32], 20 epochs) on the shipped demo grid with the default
+    preprocessing: medians at grid points within 2.5% of the MC (the default, larger config is
+    what the README's 1% figures are for)."""
     extract = pytest.importorskip("fedhex_hep.extract")
     from fedhex_hep.config import load_config
 
@@ -100,17 +102,17 @@ def test_demo_grid_closure_at_grid_point(demo_dir: Path, tmp_path: Path) -> None
             "input.paths": [str(demo_dir)],
             "model.n_blocks": 3,
             "model.hidden_units": [32, 32],
-            "training.epochs": 8,
-            "training.decay_epochs": 8,
+            "training.epochs": 20,
+            "training.decay_epochs": 20,
             "training.patience": 0,
-            "training.checkpoint_every": 4,
+            "training.checkpoint_every": 10,
         }
     )
     mc = extract.extract(cfg, progress=False)
     model = train(mc, cfg, tmp_path / "model", progress=False)
-    points, counts = mc.counts_per_label()
-    point = points[np.argmax(counts)]
-    ref = mc.at_label(point)
-    gen = generate(model, point[None, :], 20000, seed=4)
-    rel = np.abs(np.median(gen.features, axis=0) / np.median(ref.features, axis=0) - 1)
-    assert np.all(rel < 0.02), (point, rel)
+    points = mc.label_points()
+    for point in (points[0], points[len(points) // 2], points[-1]):
+        ref = mc.at_label(point)
+        gen = generate(model, point[None, :], 20000, seed=4)
+        rel = np.abs(np.median(gen.features, axis=0) / np.median(ref.features, axis=0) - 1)
+        assert np.all(rel < 0.025), (point, rel)
