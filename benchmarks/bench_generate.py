@@ -48,7 +48,7 @@ fs = generate(model, point, n, seed=1, batch_size=batch)
 wall = time.perf_counter() - t0
 stop.set()
 peak[0] = max(peak[0], proc.memory_info().rss)
-out_bytes = fs.features.nbytes + fs.labels.nbytes
+out_bytes = 8 * len(fs) * (len(fs.feature_names) + len(fs.label_names) + 1)
 print(json.dumps({"n": n, "wall_s": wall, "events_per_s": n / wall, "rss_before_mb": base / 2**20,
                   "peak_rss_mb": peak[0] / 2**20, "growth_mb": (peak[0] - base) / 2**20,
                   "output_arrays_mb": out_bytes / 2**20, "n_out": len(fs)}))
@@ -97,7 +97,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     for r in result["results"]:
         print(f"{r['n']:>10,d} events: {r['wall_s']:.2f} s ({r['events_per_s']:,.0f} ev/s), "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['growth_mb']:.0f} MB, output arrays {r['output_arrays_mb']:.0f} MB)")
+              f"peak RSS {r['peak_rss_mb']:.0f} MB (+{r['growth_mb']:.0f} MB, output columns {r['output_arrays_mb']:.0f} MB)")
 
 
 if __name__ == "__main__":

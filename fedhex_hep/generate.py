@@ -103,18 +103,20 @@ def generate(
             log.warning(message)
             warnings.warn(message, UserWarning, stacklevel=2)
 
-    n_features = len(model.feature_names)
     # One fixed batch shape per call (one XLA compilation); with ranges, draw more than asked
     # since part of each batch is rejected.
     wanted = int(n_events) if not cuts else max(4 * int(n_events), 10000)
     m = max(1, min(int(batch_size), wanted))
-    features = np.empty((len(points) * n_events, n_features), dtype=np.float64)
+    # One array per output column, filled batch by batch: the output is the only memory that
+    # grows with N (no (N, F) intermediate that would be copied into columns later).
+    total = len(points) * n_events
+    columns = {name: np.empty(total, dtype=np.float64) for name in model.feature_names}
     acceptance: list[float] = []
     seed = int(seed) % 2**31
     for k, point in enumerate(points):
         c = np.repeat(model.preprocessor.transform_labels(point[None, :]).astype(np.float32), m, axis=0)
         raw_labels = np.broadcast_to(point, (m, n_labels))
-        out = features[k * n_events : (k + 1) * n_events]
+        offset = k * n_events
         filled, tries, drawn = 0, 0, 0
         while filled < n_events:
             if tries >= max_tries:
@@ -134,11 +136,14 @@ def generate(
                 if tries == 1:
                     _check_acceptance(model, point, cuts, len(x) / m, n_events, m, max_tries)
             take = min(len(x), n_events - filled)
-            out[filled : filled + take] = x[:take]
+            for i, name in enumerate(model.feature_names):
+                columns[name][offset + filled : offset + filled + take] = x[:take, i]
             filled += take
         acceptance.append(n_events / drawn if cuts and drawn else 1.0)
 
-    labels = np.repeat(points, n_events, axis=0)
+    for i, name in enumerate(model.label_names):
+        columns[name] = np.repeat(points[:, i], n_events)
+    columns["weight"] = np.ones(total)
     metadata: dict[str, Any] = {
         "source": "generated",
         "model_path": str(model.path) if model.path is not None else None,
@@ -153,7 +158,9 @@ def generate(
             "acceptance": acceptance,
         },
     }
-    return FeatureSet.from_numpy(features, labels, model.feature_names, model.label_names, metadata=metadata)
+    import awkward as ak
+
+    return FeatureSet(ak.zip(columns), list(model.feature_names), list(model.label_names), metadata)
 
 
 def _check_acceptance(
