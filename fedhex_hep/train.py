@@ -54,6 +54,13 @@ _EVAL_CHUNK = 65536
 JIT_COMPILE = False
 
 
+# What train() writes into a model directory (removed first by overwrite=True).
+_MODEL_FILES = (
+    "config.toml", "preprocessing.json", "training.json", "versions.json", "history.csv", "loss.png",
+    "weights", "checkpoints",
+)
+
+
 class TrainingError(RuntimeError):
     """Training could not continue (NaN loss, inconsistent resume); the message says why."""
 
@@ -239,12 +246,15 @@ def train(
     model_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainedModel:
     """Train a conditional flow on ``featureset`` and write the model directory ``model_dir``.
 
     ``resume=True`` continues from ``model_dir/checkpoints/last`` (same config except
     ``training.epochs``); the result equals that of an uninterrupted run with the same seed.
     Raises TrainingError if the loss becomes NaN (the last good checkpoint is kept).
+    An existing model in ``model_dir`` is refused unless ``overwrite`` (then its files are
+    removed first; other files in the folder are left alone).
     """
     import tensorflow as tf
     import tf_keras
@@ -279,6 +289,13 @@ def train(
                 "(preprocessing.json would change)"
             )
     else:
+        if overwrite:
+            for name in _MODEL_FILES:
+                target = model_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
         if (model_dir / "config.toml").exists() or (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
             raise OutputError(
                 17, f"{model_dir} already holds a model; use --resume to continue it or choose another folder"

@@ -128,6 +128,10 @@ def test_resume_refuses_changed_config_and_fresh_run_refuses_existing_model(tmp_
         train(fs, toy_config(), tmp_path / "m", progress=False)
     with pytest.raises(ModelDirError, match="missing config.toml"):
         train(fs, toy_config(), tmp_path / "empty", resume=True, progress=False)
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    model = train(fs, toy_config(**{"training.epochs": 1, "model.n_blocks": 1}), tmp_path / "m", progress=False,
+                  overwrite=True)
+    assert model.config.model.n_blocks == 1 and (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
 def test_early_stopping_restores_best_weights(tmp_path: Path) -> None:
