@@ -188,11 +188,9 @@ def train_cmd(
         # A resumed run continues with the configuration stored in the model directory.
         cfg = load_config(config or model_dir / "config.toml", values)
     else:
-        if model_dir.exists() and any(model_dir.iterdir()) and not overwrite:
-            raise CLIError(f"model directory {model_dir} is not empty (use --resume or --overwrite)")
         cfg = _load(config, overrides, {"training.epochs": epochs, "training.seed": seed})
     data = FeatureSet.load(features)
-    model = train(data, cfg, model_dir, resume=resume, progress=progress)
+    model = train(data, cfg, model_dir, resume=resume, progress=progress, overwrite=overwrite)
     typer.echo(f"model written to {model.path}")
 
 

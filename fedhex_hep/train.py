@@ -298,7 +298,7 @@ def train(
                     target.unlink()
         if (model_dir / "config.toml").exists() or (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
             raise OutputError(
-                17, f"{model_dir} already holds a model; use --resume to continue it or choose another folder"
+                17, f"{model_dir} already holds a model; use --resume to continue it, --overwrite to replace it, or another folder"
             )
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -421,6 +421,9 @@ def train(
         "feature_names": data.preprocessor.feature_names,
         "label_names": data.preprocessor.label_names,
     }
+    if "cutflow" in featureset.metadata:
+        # The selection efficiency travels with the model, for yield-normalised exports and scans.
+        info["cutflow"] = featureset.metadata["cutflow"]
     atomic_write_text(model_dir / "training.json", json.dumps(info, indent=2))
     _maybe_plot_loss(model_dir)
     return TrainedModel(
