@@ -92,6 +92,7 @@ class TrainingConfig:
     validation_fraction: float = 0.2
     patience: int = 15
     checkpoint_every: int = 10
+    clip_norm: float = 0.0
     seed: int = 42
 
 
@@ -192,7 +193,7 @@ _POSITIVE = {
     "generation.max_tries",
     "output.bins",
 }
-_NON_NEGATIVE = {"input.min_events_per_label", "training.patience"}
+_NON_NEGATIVE = {"input.min_events_per_label", "training.patience", "training.clip_norm"}
 
 
 def default_config_text() -> str:

@@ -142,10 +142,13 @@ def _write_checkpoint(ckpt: Any, dst: Path, state: dict[str, Any]) -> None:
 class _Compiled:
     """The compiled epoch and evaluation functions for one flow + optimizer + dataset."""
 
-    def __init__(self, flow: Any, optimizer: Any, data: PreparedData, batch_size: int, jit: bool) -> None:
+    def __init__(
+        self, flow: Any, optimizer: Any, data: PreparedData, batch_size: int, jit: bool, clip_norm: float = 0.0
+    ) -> None:
         import tensorflow as tf
 
         self.flow = flow
+        self.clip_norm = float(clip_norm)
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.steps = max(1, data.n_train // batch_size)
@@ -170,6 +173,9 @@ class _Compiled:
             with tf.GradientTape() as tape:
                 loss = _batch_loss(self.flow, z, c, w)
             grads = tape.gradient(loss, variables)
+            if self.clip_norm > 0:
+                # A few far-tail events (mis-pairing) can give huge gradients early on.
+                grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
             self.optimizer.apply_gradients(zip(grads, variables))
             return i + 1, total + loss
 
@@ -321,7 +327,9 @@ def train(
     optimizer = tf_keras.optimizers.Adam(learning_rate=schedule)
     optimizer.build(list(flow.trainable_variables))
     ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
-    compiled = _Compiled(flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf")
+    compiled = _Compiled(
+        flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm
+    )
 
     state: dict[str, Any] = {
         "epoch": 0,
