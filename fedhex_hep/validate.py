@@ -152,10 +152,11 @@ def _generate_default(model: Any, point: np.ndarray, n: int, seed: int) -> np.nd
     return generate(model, np.asarray(point, dtype=np.float64)[None, :], n, seed=seed).features
 
 
-def _train_default(featureset: FeatureSet, config: Any, model_dir: Path) -> Any:
+def _train_default(featureset: FeatureSet, config: Any, model_dir: Path, overwrite: bool = False) -> Any:
     from fedhex_hep.train import train
 
-    return train(featureset, config, model_dir, resume=False, progress=False)
+    # a model folder left by an earlier validation is replaced only under --overwrite
+    return train(featureset, config, model_dir, resume=False, progress=False, overwrite=overwrite)
 
 
 def _make_references(config: Any, points: np.ndarray, n_events: int, outdir: Path) -> FeatureSet:
@@ -258,7 +259,9 @@ def validate(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValidationError("validate needs at least one training seed")
-    train_fn = train_fn or _train_default
+    if train_fn is None:
+        def train_fn(featureset: FeatureSet, cfg: Any, model_dir: Path) -> Any:
+            return _train_default(featureset, cfg, model_dir, overwrite=overwrite)
     generate_fn = generate_fn or _generate_default
     outdir.mkdir(parents=True, exist_ok=True)
 
