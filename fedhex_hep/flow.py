@@ -98,12 +98,17 @@ class ConditionalFlow:
             if i < model.n_blocks - 1 and F > 1:
                 bijectors.append(tfb.Permute(permutation=list(range(F - 1, -1, -1)), name=f"perm_{i}"))
         self._names = [f"maf_{i}" for i in range(model.n_blocks)]
-        # tfb.Chain applies its list last-to-first in the forward (sampling) direction; data
-        # flows maf_0 -> perm_0 -> maf_1 ... in the normalising (inverse) direction.
+        # tfb.Chain applies its list last-to-first in the forward (sampling) direction, so
+        # sampling runs maf_0 -> perm_0 -> maf_1 ...; the normalising (inverse) direction runs
+        # the chain's list first-to-last (maf_{n-1} first).
         self.bijector = tfb.Chain(list(reversed(bijectors)), name="chain")
         base = tfd.Sample(tfd.Normal(tf.constant(0.0, tf.float32), tf.constant(1.0, tf.float32)), sample_shape=[F])
         self.distribution = tfd.TransformedDistribution(base, self.bijector)
         self.module = _Networks(networks)
+        # The per-block bijector builders (network output -> affine / spline bijector) for the
+        # one-pass log_prob; a TFP without this attribute falls back to its own log_prob.
+        inner_fns = {b.name: getattr(b, "_bijector_fn", None) for b in bijectors if b.name.startswith("maf_")}
+        self._inner_fns = inner_fns if all(fn is not None for fn in inner_fns.values()) else None
         self._build()
         self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
 
@@ -146,10 +151,30 @@ class ConditionalFlow:
 
     # -- density and sampling --------------------------------------------------------------
     def log_prob(self, z: Any, c: Any) -> Any:
-        """log p(z | c) per event, shape (n,). z: (n, F), c: (n, L)."""
+        """log p(z | c) per event, shape (n,). z: (n, F), c: (n, L).
+
+        Same density as ``self.distribution.log_prob`` (equal to float rounding), computed in
+        one pass: TFP's MaskedAutoregressiveFlow evaluates its MADE network once for the
+        inverse and again for the log-det-Jacobian, and graph optimisation does not merge the
+        two, so the TFP path costs twice the network evaluations (measured 1.3x slower per
+        training epoch on 2 CPU cores).
+        """
         z = tf.convert_to_tensor(z, tf.float32)
         c = tf.convert_to_tensor(c, tf.float32)
-        return self.distribution.log_prob(z, bijector_kwargs=self._kwargs(c))
+        if self._inner_fns is None:
+            return self.distribution.log_prob(z, bijector_kwargs=self._kwargs(c))
+        x, ildj = z, tf.zeros(tf.shape(z)[:-1], tf.float32)
+        # tfb.Chain inverts its list first-to-last: this is the normalising direction.
+        for bijector in self.bijector.bijectors:
+            inner_fn = self._inner_fns.get(bijector.name)
+            if inner_fn is None:  # a fixed permutation: volume preserving
+                x = bijector.inverse(x)
+                continue
+            # The very bijector TFP would build from the network's output, used for both.
+            inner = inner_fn(x, conditional_input=c)
+            ildj = ildj + inner.inverse_log_det_jacobian(x, event_ndims=1)
+            x = inner.inverse(x)
+        return self.distribution.distribution.log_prob(x) + ildj
 
     def forward(self, u: Any, c: Any) -> Any:
         """Base-space u (n, F) -> feature-space z (n, F) (the sampling direction)."""
