@@ -130,6 +130,9 @@ def test_validate_biased_model_fails_and_morph_wins(toy_mc, tmp_path):
     assert entry["flow_ensemble"]["joint"]["auc"] > 0.55
     assert entry["winner"]["auc"] != "flow_ensemble"
     assert report["summary"]["flow_ensemble_no_worse_than_moment_auc"] == "0/1"
+    # the ensemble is also compared at moment morphing's (capped) sample size
+    assert entry["flow_ensemble_matched"]["n_candidate"] == entry["morph"]["moment"]["n_candidate"]
+    assert report["summary"]["flow_ensemble_matched_no_worse_than_moment_auc"] == "0/1"
 
 
 def test_validate_default_points_checkerboard_and_reference(toy_mc, tmp_path):
@@ -172,3 +175,22 @@ def test_make_references_with_signal_writer_and_extraction(tmp_path):
     assert REFERENCE_SEED != 0
     with pytest.raises(ValidationError, match="two labels"):
         _make_references(load_config(), np.array([[1500.0]]), 10, tmp_path)
+
+
+def test_flow_compared_at_morphing_size_when_morphing_is_capped(tmp_path):
+    # sparse MC (600 events per point) around a large reference: morphing is capped at the
+    # distinct events of its corners, and the flow ensemble is also scored at that size
+    rng = np.random.default_rng(3)
+    pts = [(x, y) for x in XS[:3] for y in YS[:3]]
+    mc = FeatureSet.from_numpy(
+        np.concatenate([draw(p, 600, rng) for p in pts]), np.repeat(np.array(pts), 600, axis=0), ["m1", "m2"], ["gx", "gy"]
+    )
+    ref = FeatureSet.from_numpy(draw((200.0, 2.0), 8000, rng), np.tile([200.0, 2.0], (8000, 1)), ["m1", "m2"], ["gx", "gy"])
+    report = validate(load_config(), mc, tmp_path / "v", seeds=(1,), train_fn=make_train_fn([]), generate_fn=generate_fn,
+                      folds=2, plots=False, reference=ref)
+    (entry,) = report["points"]
+    assert entry["n_compare"] == 4000
+    assert entry["morph"]["moment"]["n_candidate"] == 2400  # 4 neighbours x 600 events, weight 1/4 each
+    assert entry["flow_ensemble_matched"]["n_candidate"] == 2400
+    assert entry["flow_ensemble"]["n_candidate"] == 4000
+    assert "at morphing's size" in (tmp_path / "v" / "report.md").read_text()
