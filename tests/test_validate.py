@@ -75,15 +75,16 @@ def test_interior_points_and_groups(toy_mc):
         holdout_groups(inner, grid, "random")
 
 
+@pytest.mark.slow  # ~20 s on a quiet machine (classifier folds + two plots), more under load
 def test_validate_exact_model_passes_and_report_written(toy_mc, tmp_path):
     calls = []
     point = np.array([[200.0, 2.0]])
     report = validate(
-        load_config(), toy_mc, tmp_path / "val", points=point, seeds=(1, 2, 3),
-        train_fn=make_train_fn(calls), generate_fn=generate_fn, folds=3,
+        load_config(), toy_mc, tmp_path / "val", points=point, seeds=(1, 2),
+        train_fn=make_train_fn(calls), generate_fn=generate_fn, folds=2,
     )
     # trained once per seed, each time without the held-out point
-    assert [c[1] for c in calls] == [1, 2, 3]
+    assert [c[1] for c in calls] == [1, 2]
     for labels, _, model_dir in calls:
         assert not any(np.array_equal(p, point[0]) for p in labels)
         assert len(labels) == 15
@@ -101,7 +102,7 @@ def test_validate_exact_model_passes_and_report_written(toy_mc, tmp_path):
     # MC events available from the 4 neighbours (3000 each, weight 1/4)
     assert entry["morph"]["moment"]["n_candidate"] == 3000
     assert abs(entry["morph"]["moment"]["joint"]["auc"] - 0.5) < 0.04
-    assert len(entry["flow_seeds"]) == 3
+    assert len(entry["flow_seeds"]) == 2
     assert entry["flow"]["joint"]["auc"]["std"] >= 0
     out = tmp_path / "val"
     loaded = json.loads((out / "report.json").read_text())
