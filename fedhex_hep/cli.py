@@ -368,6 +368,21 @@ def validate_cmd(
         Optional[int],
         typer.Option(help="Generate this many fresh MC events per held-out point as reference (via make-samples)."),
     ] = None,
+    reference: Annotated[
+        Optional[Path],
+        typer.Option(help="Independent reference MC FeatureSet (parquet) at the held-out points; default: the held-out MC itself."),
+    ] = None,
+    holdout: Annotated[
+        str,
+        typer.Option(
+            help="single (leave one out: one training per point and seed), checkerboard (two trainings per seed: "
+            "interior points of one colour held out together, then the other) or all (every point held out at once)."
+        ),
+    ] = "single",
+    max_events: Annotated[
+        Optional[int], typer.Option(min=1, help="Cap the compared sample size per point (faster classifier test).")
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write per-point overlays and the AUC map.")] = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Leave-one-out closure: flow vs moment morphing vs the statistical floor at held-out points."""
@@ -386,6 +401,10 @@ def validate_cmd(
         points=points,
         seeds=seed_list,
         reference_events=reference_events,
+        reference=reference,
+        holdout=holdout,
+        max_events=max_events,
+        plots=plots,
         overwrite=overwrite,
     )
     typer.echo(f"report written to {outdir} ({len(report.get('points', []))} held-out points)")
