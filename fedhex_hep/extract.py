@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from fedhex_hep.executors import check_executor, dask_client
+
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("iterative", "futures", "dask")
 
 
 class ExtractionError(ValueError):
@@ -136,29 +137,12 @@ def run_processor(
     from coffea import processor
     from coffea.nanoevents import BaseSchema, NanoAODSchema
 
-    if executor not in EXECUTORS:
-        raise ExtractionError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
-    if workers < 1:
-        raise ExtractionError(f"workers must be >= 1, got {workers}")
+    check_executor(executor, workers)
     schema_cls = NanoAODSchema if schema == "nanoaod" else BaseSchema
     client = None
     with contextlib.ExitStack() as stack:
         if executor == "dask":
-            from dask.distributed import Client, LocalCluster
-
-            if scheduler:
-                client = stack.enter_context(Client(scheduler))
-            else:
-                cluster = stack.enter_context(
-                    LocalCluster(
-                        n_workers=workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=":0",
-                        silence_logs=logging.ERROR,
-                    )
-                )
-                client = stack.enter_context(Client(cluster))
+            client = stack.enter_context(dask_client(workers, scheduler))
         chosen = _make_executor(executor, workers, progress, client)
         pool = getattr(chosen, "pool", None)
         if pool is not None and not isinstance(pool, type):
@@ -246,8 +230,7 @@ def extract(
     from processors.extraction import FeatureProcessor, file_id, group_rows
 
     inp = config.input
-    if executor not in EXECUTORS:
-        raise ExtractionError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    check_executor(executor, workers)
     proc = processor if processor is not None else FeatureProcessor.from_config(inp, bins=config.output.bins)
 
     skipped: list[dict[str, str]] = []

@@ -74,11 +74,12 @@ from typing import Any
 
 import numpy as np
 
+from fedhex_hep.executors import EXECUTORS, dask_client
+
 __all__ = ["ScanError", "grid_points", "run_scan", "resolve_bins", "scan_efficiency", "EXECUTORS", "SCAN_NAMING"]
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("iterative", "futures", "dask")
 #: The histogram naming pattern (also stored in the file as ``meta/naming``).
 SCAN_NAMING = (
     "h_<feature>__<label1>_<v1>__<label2>_<v2> (TH1D, one per mass point and feature); "
@@ -286,25 +287,7 @@ def _executor(kind: str, workers: int, scheduler: str | None, progress: bool) ->
     elif kind == "futures":
         yield processor.FuturesExecutor(workers=workers, status=progress, desc="Generating", unit="chunks")
     elif kind == "dask":
-        from distributed import Client, LocalCluster
-
-        with contextlib.ExitStack() as stack:
-            if scheduler:
-                try:
-                    client = stack.enter_context(Client(scheduler, timeout="20s"))
-                except OSError as exc:
-                    raise ScanError(f"cannot connect to dask scheduler {scheduler}: {exc}") from None
-            else:
-                cluster = stack.enter_context(
-                    LocalCluster(
-                        n_workers=workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=None,
-                        silence_logs=logging.ERROR,
-                    )
-                )
-                client = stack.enter_context(Client(cluster))
+        with dask_client(workers, scheduler) as client:
             yield processor.DaskExecutor(client=client, status=progress, desc="Generating", unit="chunks")
     else:
         raise ScanError(f"executor {kind!r} is not one of {', '.join(EXECUTORS)}")
