@@ -154,7 +154,7 @@ def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
 
 
 def run(events: int = 50000, epochs: int = 20, blocks: int = 5, units: int = 64, batch_size: int = 1024,
-        kind: str = "maf") -> dict[str, Any]:
+        kind: str = "maf", threads: int | None = None) -> dict[str, Any]:
     """Train both ways on the same data; events/s per epoch in steady state (the goal's
     measure), over all epochs including the first (graph tracing), and over the whole call."""
     import tensorflow as tf
@@ -164,7 +164,9 @@ def run(events: int = 50000, epochs: int = 20, blocks: int = 5, units: int = 64,
     # train() asks for TRAIN_INTRA_OP_THREADS intra-op threads when it is the first TensorFlow
     # user of its process; here model.fit runs first, so set it for the whole process: both
     # sides run with the same threads (the old approach did not tune them; this is generous).
-    threads = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or TRAIN_INTRA_OP_THREADS)
+    # ``threads`` (or TF_NUM_INTRAOP_THREADS) overrides it for both sides, e.g. TensorFlow's
+    # default (one per core) to see the baseline at its own default.
+    threads = int(threads or os.environ.get("TF_NUM_INTRAOP_THREADS") or TRAIN_INTRA_OP_THREADS)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     fs = toy_featureset(events)
     cfg = toy_config(epochs, blocks, units, batch_size, kind)
@@ -221,8 +223,9 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--kind", default="maf")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for both sides (default: train()'s)")
     args = parser.parse_args()
-    result = run(args.events, args.epochs, args.blocks, args.units, args.batch_size, args.kind)
+    result = run(args.events, args.epochs, args.blocks, args.units, args.batch_size, args.kind, args.threads)
     print(json.dumps(result, indent=2))
     print(f"training speed per epoch, ours / keras model.fit with our one-pass log_prob: "
           f"{result['ratio_vs_keras_same_log_prob']:.2f}x")
