@@ -56,8 +56,13 @@ class FeatureSet:
         metadata: dict[str, Any] | None = None,
     ) -> "FeatureSet":
         """Build from 2D arrays of shape (n_events, n_features) and (n_events, n_labels)."""
-        features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-        labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
+        # A 1D array is one column; reshape(n, -1) would fail for n = 0 (an empty selection).
+        features = np.asarray(features, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.float64)
+        features = features[:, None] if features.ndim == 1 else features
+        labels = labels[:, None] if labels.ndim == 1 else labels
+        if features.ndim != 2 or labels.ndim != 2:
+            raise FeatureSetError("features and labels must be 2D arrays (n_events, n_columns)")
         if features.shape[1] != len(feature_names) or labels.shape[1] != len(label_names):
             raise FeatureSetError("column count does not match the number of names")
         if weights is None:
@@ -127,14 +132,14 @@ class FeatureSet:
 
         Returns (kept, dropped) where dropped lists ``{"label": {...}, "events": n}``.
         """
-        points, counts = self.counts_per_label()
-        keep = np.zeros(len(self), dtype=bool)
-        dropped = []
-        for point, count in zip(points, counts):
-            if count >= min_events:
-                keep |= self.mask_label(point)
-            else:
-                dropped.append({"label": dict(zip(self.label_names, map(float, point))), "events": int(count)})
+        # One pass over the labels: each event's point index, instead of a mask per point.
+        points, inverse, counts = np.unique(self.labels, axis=0, return_inverse=True, return_counts=True)
+        keep = counts[inverse.reshape(-1)] >= min_events
+        dropped = [
+            {"label": dict(zip(self.label_names, map(float, point))), "events": int(count)}
+            for point, count in zip(points, counts)
+            if count < min_events
+        ]
         return self.select(keep), dropped
 
     def concatenate(self, other: "FeatureSet") -> "FeatureSet":
