@@ -165,6 +165,7 @@ def run_processor(
 
 
 _WORKITEM_FILE = re.compile(r"filename='([^']+)'")
+_WORKITEM_RANGE = re.compile(r"entrystart=(\d+), entrystop=(\d+)")
 
 
 def _is_read_error(exc: BaseException) -> bool:
@@ -206,7 +207,12 @@ def _describe_failure(exc: BaseException) -> tuple[str, str | None]:
     inner = " ".join(str(innermost).split())[:300]
     reason = f"{type(innermost).__name__}: {inner}" if innermost is not exc else inner[:300]
     if "KilledWorker" in text or "KilledWorker" in type(exc).__name__:
-        reason = text[:300]
+        # coffea's message embeds the whole WorkItem repr; name only the file and entry range
+        span = _WORKITEM_RANGE.search(text)
+        where = f"{filename or 'a chunk'}"
+        if span:
+            where += f" entries {span.group(1)}-{span.group(2)}"
+        reason = f"{where}: KilledWorker: the dask worker died on every retry of this chunk (out of memory or a crash)"
     return reason, filename
 
 

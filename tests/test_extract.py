@@ -449,3 +449,23 @@ def test_labels_from_folder_metadata_match_generator_branches(demo_dir):
     for file in files:
         parsed = build_fileset([file], "Events", 1)[file.parent.name]["metadata"]
         assert from_folders.mask_label([parsed["Phi"], parsed["omega"]]).any()
+
+
+def test_killed_worker_message_names_file_and_range_whatever_the_path_length():
+    from fedhex_hep.extract import _describe_failure
+
+    path = "/" + "/".join(["a_rather_long_folder_name"] * 12) + "/ttbar.root"
+    inner = RuntimeError("KilledWorker: ('AlwaysKillProcessor-22b8', <WorkerState 'tcp://127.0.0.1:1'>)")
+    try:
+        try:
+            raise inner
+        except RuntimeError as cause:
+            raise Exception(
+                f"Work item WorkItem(dataset='ttbar', filename='{path}', treename='Events', "
+                "entrystart=120, entrystop=160, fileuuid=b'\\xd4', usermeta={}) caused a KilledWorker exception"
+            ) from cause
+    except Exception as exc:
+        reason, bad = _describe_failure(exc)
+    assert bad == path
+    assert reason.startswith(f"{path} entries 120-160: KilledWorker")
+    assert "\n" not in reason
