@@ -80,6 +80,7 @@ class ModelConfig:
     log_scale_bound: float = 3.0
     spline_bins: int = 8
     spline_range: float = 5.0
+    ensemble: int = 1
 
 
 @dataclass
@@ -179,6 +180,7 @@ _POSITIVE = {
     "input.chunksize",
     "input.max_depth",
     "model.n_blocks",
+    "model.ensemble",
     "model.log_scale_bound",
     "model.spline_bins",
     "model.spline_range",

@@ -32,7 +32,7 @@ from fedhex_hep.config import ModelConfig  # noqa: E402
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-__all__ = ["ConditionalFlow", "FlowError", "build_flow"]
+__all__ = ["ConditionalFlow", "EnsembleFlow", "FlowError", "build_flow"]
 
 # Smallest spline bin width/height and knot slope (in standardised units): keeps the spline
 # strictly monotonic and its inverse well conditioned.
@@ -56,10 +56,49 @@ class _Networks(tf.Module):
         self.networks = list(networks)
 
 
-class ConditionalFlow:
+class _FlowBase:
+    """Sampling and weight access shared by ConditionalFlow and EnsembleFlow."""
+
+    n_labels: int
+    module: Any
+    trainable_variables: tuple[Any, ...]
+    _sample_fn: Any
+
+    def sample(self, c: Any, seed: int | Sequence[int]) -> np.ndarray:
+        """One sample per row of c (n, L) -> z (n, F) as float32 numpy; same seed, same numbers.
+
+        ``seed`` is an int or a pair of ints (stateless sampling: no global RNG state involved).
+        """
+        c = tf.convert_to_tensor(np.asarray(c, dtype=np.float32).reshape(-1, self.n_labels))
+        seed_pair = (int(seed), 0) if np.ndim(seed) == 0 else tuple(int(s) for s in seed)
+        if len(seed_pair) != 2:
+            raise ValueError(f"seed must be an int or a pair of ints, got {seed!r}")
+        return self._sample_fn(c, tf.constant(seed_pair, tf.int32)).numpy()
+
+    # -- weights -------------------------------------------------------------------------
+    def checkpoint(self) -> Any:
+        """A tf.train.Checkpoint of the flow's variables (every member's for an ensemble)."""
+        return tf.train.Checkpoint(flow=self.module)
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.trainable_variables]
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        variables = self.trainable_variables
+        if len(weights) != len(variables):
+            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
+        for var, w in zip(variables, weights):
+            var.assign(w)
+            # the MADE masks live in kernel constraints: keep any weights autoregressive
+            constraint = getattr(var, "constraint", None)
+            if constraint is not None:
+                var.assign(constraint(var))
+
+
+class ConditionalFlow(_FlowBase):
     """A conditional flow p(z | c); z has shape (n, F), c has shape (n, L). float32 inside."""
 
-    def __init__(self, model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> None:
+    def __init__(self, model: ModelConfig, n_features: int, n_labels: int, seed: int = 0, member: int = 0) -> None:
         if n_features < 1:
             raise FlowError("a flow needs at least one feature (config key 'input.features')")
         if n_labels < 1:
@@ -70,6 +109,7 @@ class ConditionalFlow:
         self.n_features = int(n_features)
         self.n_labels = int(n_labels)
         self.seed = int(seed)
+        self.member = int(member)
         F = self.n_features
         n_params = 2 if model.kind == "maf" else 3 * model.spline_bins - 1
 
@@ -118,7 +158,8 @@ class ConditionalFlow:
         z = tf.zeros((1, self.n_features), tf.float32)
         c = tf.zeros((1, self.n_labels), tf.float32)
         self.log_prob(z, c)
-        rng = np.random.default_rng([self.seed, 0x5EED])
+        # member 0 of an ensemble starts exactly like a single flow with the same seed
+        rng = np.random.default_rng([self.seed, 0x5EED] + ([self.member] if self.member else []))
         for net in self.module.networks:
             variables = list(net.trainable_variables)
             kernels = [i for i, v in enumerate(variables) if len(v.shape) == 2]
@@ -145,6 +186,15 @@ class ConditionalFlow:
     def trainable_variables(self) -> tuple[Any, ...]:
         """All trainable variables, in a fixed order (block by block)."""
         return tuple(v for net in self.module.networks for v in net.trainable_variables)
+
+    @property
+    def variable_groups(self) -> list[int]:
+        """Sizes of the independently trained groups of ``trainable_variables`` (one here)."""
+        return [len(self.trainable_variables)]
+
+    def training_log_prob(self, z: Any, c: Any) -> Any:
+        """The per-event log-likelihood that training maximises (the density itself here)."""
+        return self.log_prob(z, c)
 
     def _kwargs(self, c: Any) -> dict[str, dict[str, Any]]:
         return {name: {"conditional_input": c} for name in self._names}
@@ -189,31 +239,74 @@ class ConditionalFlow:
         u = self.distribution.distribution.sample(n, seed=seed)
         return self.bijector.forward(u, **self._kwargs(c))
 
-    def sample(self, c: Any, seed: int | Sequence[int]) -> np.ndarray:
-        """One sample per row of c (n, L) -> z (n, F) as float32 numpy; same seed, same numbers.
 
-        ``seed`` is an int or a pair of ints (stateless sampling: no global RNG state involved).
-        """
-        c = tf.convert_to_tensor(np.asarray(c, dtype=np.float32).reshape(-1, self.n_labels))
-        seed_pair = (int(seed), 0) if np.ndim(seed) == 0 else tuple(int(s) for s in seed)
-        if len(seed_pair) != 2:
-            raise ValueError(f"seed must be an int or a pair of ints, got {seed!r}")
-        return self._sample_fn(c, tf.constant(seed_pair, tf.int32)).numpy()
 
-    # -- weights -------------------------------------------------------------------------
-    def checkpoint(self) -> Any:
-        """A tf.train.Checkpoint of the flow's variables only."""
-        return tf.train.Checkpoint(flow=self.module)
+class _Members(tf.Module):
+    """Holds the ensemble members' network modules so one checkpoint tracks them all."""
 
-    def get_weights(self) -> list[np.ndarray]:
-        return [v.numpy() for v in self.trainable_variables]
+    def __init__(self, members: Sequence[Any]) -> None:
+        super().__init__(name="ensemble")
+        self.members = list(members)
 
-    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
-        variables = self.trainable_variables
-        if len(weights) != len(variables):
-            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
-        for var, w in zip(variables, weights):
-            var.assign(w)
+
+class EnsembleFlow(_FlowBase):
+    """An equal-weight mixture of ``model.ensemble`` independently initialised flows.
+
+    Each member is trained on its own likelihood (``training_log_prob`` is the mean of the
+    members' log-densities, whose gradient is each member's own), so the members differ only by
+    their initial weights and make independent fits; the model is their mixture:
+    ``log_prob`` = log(mean_k p_k), and ``sample`` draws each event from a member picked at
+    random. Averaging independent fits cancels part of each fit's error; the members' spread
+    is a model-uncertainty estimate. Same interface as ConditionalFlow.
+    """
+
+    def __init__(self, model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> None:
+        if model.ensemble < 1:
+            raise FlowError(f"config key 'model.ensemble' must be >= 1, got {model.ensemble}")
+        self.config = model
+        self.n_features = int(n_features)
+        self.n_labels = int(n_labels)
+        self.seed = int(seed)
+        self.members = [ConditionalFlow(model, n_features, n_labels, seed, member=k) for k in range(model.ensemble)]
+        self.module = _Members([m.module for m in self.members])
+        self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
+
+    @property
+    def trainable_variables(self) -> tuple[Any, ...]:
+        """All members' trainable variables, member by member."""
+        return tuple(v for m in self.members for v in m.trainable_variables)
+
+    @property
+    def variable_groups(self) -> list[int]:
+        """Number of variables of each member, in ``trainable_variables`` order."""
+        return [len(m.trainable_variables) for m in self.members]
+
+    def member_log_probs(self, z: Any, c: Any) -> Any:
+        """log p_k(z | c) of every member, shape (K, n)."""
+        z = tf.convert_to_tensor(z, tf.float32)
+        c = tf.convert_to_tensor(c, tf.float32)
+        return tf.stack([m.log_prob(z, c) for m in self.members])
+
+    def log_prob(self, z: Any, c: Any) -> Any:
+        """log of the mixture density, log(mean_k p_k(z | c)), shape (n,)."""
+        k = float(len(self.members))
+        return tf.reduce_logsumexp(self.member_log_probs(z, c), axis=0) - tf.math.log(k)
+
+    def training_log_prob(self, z: Any, c: Any) -> Any:
+        """Mean of the members' log-densities: maximising it fits every member independently."""
+        return tf.reduce_mean(self.member_log_probs(z, c), axis=0)
+
+    def _sample_graph(self, c: Any, seed: Any) -> Any:
+        n = tf.shape(c)[0]
+        k = len(self.members)
+        draws = tf.stack(
+            [m._sample_graph(c, tf.random.experimental.stateless_fold_in(seed, i)) for i, m in enumerate(self.members)],
+            axis=1,
+        )  # (n, K, F)
+        pick = tf.random.stateless_uniform(
+            [n], seed=tf.random.experimental.stateless_fold_in(seed, k), minval=0, maxval=k, dtype=tf.int32
+        )
+        return tf.gather(draws, pick[:, None], batch_dims=1)[:, 0]
 
 
 def _bounded_affine(made: Any, bound: float) -> Any:
@@ -244,6 +337,9 @@ def _spline_fn(made: Any, n_bins: int, spline_range: float) -> Any:
     return fn
 
 
-def build_flow(model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> ConditionalFlow:
-    """Build a ConditionalFlow with all variables created and seeded (ready to restore into)."""
-    return ConditionalFlow(model, n_features, n_labels, seed)
+def build_flow(model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> ConditionalFlow | EnsembleFlow:
+    """Build the flow of ``model`` (an EnsembleFlow if ``model.ensemble`` > 1) with all
+    variables created and seeded (ready to restore into)."""
+    if model.ensemble == 1:
+        return ConditionalFlow(model, n_features, n_labels, seed)
+    return EnsembleFlow(model, n_features, n_labels, seed)

@@ -94,10 +94,13 @@ def versions() -> dict[str, str]:
 
 
 def _batch_loss(flow: Any, z: Any, c: Any, w: Any) -> Any:
-    """Weighted mean negative log-likelihood of one batch (module level so tests can patch it)."""
+    """Weighted mean negative log-likelihood of one batch (module level so tests can patch it).
+
+    For an ensemble, the mean of its members' NLLs (each member fitted on its own).
+    """
     import tensorflow as tf
 
-    nll = -flow.log_prob(z, c)
+    nll = -flow.training_log_prob(z, c)
     return tf.reduce_sum(w * nll) / tf.reduce_sum(w)
 
 
@@ -184,10 +187,19 @@ class _Compiled:
             z, c, w = tf.gather(self.z, idx), tf.gather(self.c, idx), tf.gather(self.w, idx)
             with tf.GradientTape() as tape:
                 loss = _batch_loss(self.flow, z, c, w)
-            grads = tape.gradient(loss, variables)
+                # the loss is the members' mean NLL; times K, each member gets the gradient
+                # of its own NLL, exactly as when trained alone
+                scaled = loss * float(len(self.flow.variable_groups))
+            grads = tape.gradient(scaled, variables)
             if self.clip_norm > 0:
-                # A few far-tail events (mis-pairing) can give huge gradients early on.
-                grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+                # A few far-tail events (mis-pairing) can give huge gradients early on. Each
+                # ensemble member is clipped on its own, as if it were trained alone.
+                clipped, start = [], 0
+                for size in self.flow.variable_groups:
+                    part, _ = tf.clip_by_global_norm(grads[start : start + size], self.clip_norm)
+                    clipped.extend(part)
+                    start += size
+                grads = clipped
             self.optimizer.apply_gradients(zip(grads, variables))
             return i + 1, total + loss
 
@@ -203,7 +215,7 @@ class _Compiled:
     def _eval_chunk(self, z: Any, c: Any, w: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
-        nll = -self.flow.log_prob(z, c)
+        nll = -self.flow.training_log_prob(z, c)
         return tf.reduce_sum(w * nll), tf.reduce_sum(w)
 
     def validation_loss(self) -> float:

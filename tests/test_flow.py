@@ -123,3 +123,62 @@ def test_bad_configuration_names_key() -> None:
         build_flow(ModelConfig(), 0, 2)
     with pytest.raises(FlowError, match="model.kind"):
         build_flow(ModelConfig(kind="realnvp"), 2, 2)
+
+
+def _ensemble(kind: str = "maf", k: int = 3, F: int = 2, L: int = 2):
+    cfg = ModelConfig(kind=kind, n_blocks=2, hidden_units=[16, 16], spline_bins=6, ensemble=k)
+    flow = build_flow(cfg, F, L, seed=3)
+    rng = np.random.default_rng(9)
+    # move the members away from the near-identity start so that they really differ
+    flow.set_weights([0.3 * rng.standard_normal(w.shape).astype(np.float32) for w in flow.get_weights()])
+    return flow
+
+
+@pytest.mark.parametrize("kind", ["maf", "spline"])
+def test_ensemble_log_prob_is_the_mixture_of_its_members(kind: str) -> None:
+    flow = _ensemble(kind)
+    z, c = _inputs(2, 2)
+    members = np.stack([m.log_prob(z, c).numpy().astype(np.float64) for m in flow.members])
+    assert np.ptp(members, axis=0).max() > 0.1  # the members are different densities
+    mixture = np.log(np.mean(np.exp(members), axis=0))
+    np.testing.assert_allclose(flow.log_prob(z, c).numpy(), mixture, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(flow.training_log_prob(z, c).numpy(), members.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert flow.variable_groups == [len(m.trainable_variables) for m in flow.members]
+    assert len(flow.trainable_variables) == sum(flow.variable_groups)
+
+
+def test_ensemble_member_zero_is_the_single_flow_and_members_differ() -> None:
+    single = _flow("maf", 2, 2, seed=3)
+    flow = build_flow(ModelConfig(kind="maf", n_blocks=2, hidden_units=[16, 16], ensemble=2), 2, 2, seed=3)
+    assert _same_weights(flow.members[0].get_weights(), single.get_weights())
+    assert not _same_weights(flow.members[1].get_weights(), single.get_weights())
+
+
+def _same_weights(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_ensemble_samples_follow_the_mixture_density() -> None:
+    """1D: the samples' distribution equals the mixture CDF from integrating exp(log_prob)."""
+    from scipy import stats
+
+    flow = _ensemble("maf", k=3, F=1, L=1)
+    c = np.full((20000, 1), 0.5, np.float32)
+    x = flow.sample(c, seed=4)[:, 0]
+    assert np.array_equal(x, flow.sample(c, seed=4)[:, 0])
+    grid = np.linspace(x.min() - 3, x.max() + 3, 20001).astype(np.float32)
+    dens = np.exp(flow.log_prob(grid[:, None], np.full((len(grid), 1), 0.5, np.float32)).numpy().astype(np.float64))
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(grid))])
+    assert abs(cdf[-1] - 1.0) < 2e-3  # the mixture is normalised
+    ks = stats.kstest(x, lambda v: np.interp(v, grid, cdf / cdf[-1]))
+    assert ks.pvalue > 1e-3
+    # and not any one member alone: each member's CDF is rejected on the same sample
+    for member in flow.members:
+        d = np.exp(member.log_prob(grid[:, None], np.full((len(grid), 1), 0.5, np.float32)).numpy().astype(np.float64))
+        mcdf = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(grid))])
+        assert stats.kstest(x, lambda v: np.interp(v, grid, mcdf / mcdf[-1])).pvalue < 1e-3
+
+
+def test_ensemble_size_must_be_positive() -> None:
+    with pytest.raises(FlowError, match="model.ensemble"):
+        build_flow(ModelConfig(ensemble=0), 2, 2)
