@@ -361,7 +361,7 @@ def validate_cmd(
     outdir: Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the report.")] = Path("output/validate"),
     labels: Annotated[
         Optional[list[str]],
-        typer.Option("--label", "-l", help="Held-out mass point (repeatable); default: every interior grid point."),
+        typer.Option("--label", "-l", help="Held-out mass point (repeatable); default: the mass points of --reference, else every interior grid point."),
     ] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated (scored over all of them).")] = "1,2,3",
     reference_events: Annotated[

@@ -243,8 +243,8 @@ def validate(
     """Leave-out closure of the flow vs moment morphing / quantile interpolation vs the floor.
 
     ``config``: the run Config (training seed replaced by each of ``seeds``). ``mc``: the full
-    grid's MC FeatureSet. ``points``: held-out mass points (k, L) in GeV; default: every interior
-    grid point. ``train_fn(featureset, config, model_dir) -> model`` and
+    grid's MC FeatureSet. ``points``: held-out mass points (k, L) in GeV; default: the mass
+    points of ``reference`` if given, else every interior grid point. ``train_fn(featureset, config, model_dir) -> model`` and
     ``generate_fn(model, point (L,), n, seed) -> (n, F) array`` default to fedhex_hep.train /
     fedhex_hep.generate. ``max_events`` caps the compared sample size per point (speed).
     Writes ``report.json``, ``report.md`` and plots into ``outdir``; returns the report dict
@@ -267,7 +267,11 @@ def validate(
 
     grid = mc.label_points()
     names_f, names_l = mc.feature_names, mc.label_names
-    if points is None:
+    if reference is not None and not isinstance(reference, FeatureSet):
+        reference = FeatureSet.load(reference)
+    if points is None and reference is not None:
+        held = reference.label_points()
+    elif points is None:
         held = interior_points(grid)
         if len(held) == 0:
             raise ValidationError("the MC grid has no interior points to hold out; pass points explicitly")
@@ -277,8 +281,6 @@ def validate(
             raise ValidationError(f"held-out points need {len(names_l)} values ({', '.join(names_l)})")
 
     # reference events per point
-    if reference is not None and not isinstance(reference, FeatureSet):
-        reference = FeatureSet.load(reference)
     if reference is None and reference_events:
         reference = _make_references(config, held, int(reference_events), outdir)
     references: dict[str, np.ndarray] = {}

@@ -139,7 +139,8 @@ def test_validate_biased_model_fails_and_morph_wins(toy_mc, tmp_path):
 def test_validate_default_points_checkerboard_and_reference(toy_mc, tmp_path):
     calls = []
     rng = np.random.default_rng(5)
-    ref_points = [(200.0, 2.0), (200.0, 3.0), (300.0, 2.0), (300.0, 3.0)]
+    # three of the four interior points: the held-out points default to the reference's points
+    ref_points = [(200.0, 2.0), (200.0, 3.0), (300.0, 2.0)]
     ref = FeatureSet.from_numpy(
         np.concatenate([draw(p, 4000, rng) for p in ref_points]),
         np.repeat(np.array(ref_points), 4000, axis=0), ["m1", "m2"], ["gx", "gy"],
@@ -150,7 +151,7 @@ def test_validate_default_points_checkerboard_and_reference(toy_mc, tmp_path):
         max_events=1000,
     )
     assert len(calls) == 2  # two checkerboard colours, one seed
-    assert len(report["points"]) == 4
+    assert sorted(tuple(e["point"].values()) for e in report["points"]) == ref_points
     assert all(e["reference"] == "independent reference MC" for e in report["points"])
     assert all(e["n_compare"] == 1000 for e in report["points"])
 
