@@ -47,6 +47,7 @@ def tiny_config():
             "input.paths": [str(REPO / "data" / "demo")],
             "model.n_blocks": 2,
             "model.hidden_units": [16, 16],
+            "model.ensemble": 1,
             "training.epochs": 3,
             "training.decay_epochs": 3,
             "training.checkpoint_every": 1,

@@ -102,6 +102,7 @@ def test_demo_grid_closure_at_grid_points(demo_dir: Path, tmp_path: Path) -> Non
             "input.paths": [str(demo_dir)],
             "model.n_blocks": 3,
             "model.hidden_units": [32, 32],
+            "model.ensemble": 1,
             "training.epochs": 20,
             "training.decay_epochs": 20,
             "training.patience": 0,
