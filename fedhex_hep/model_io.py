@@ -47,7 +47,7 @@ class TrainedModel:
 
     config: Config
     preprocessor: Preprocessor
-    flow: Any  # fedhex_hep.flow.ConditionalFlow
+    flow: Any  # fedhex_hep.flow.ConditionalFlow or EnsembleFlow
     path: Path | None = None
     training_label_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     label_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
