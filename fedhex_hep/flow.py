@@ -240,7 +240,6 @@ class ConditionalFlow(_FlowBase):
         return self.bijector.forward(u, **self._kwargs(c))
 
 
-
 class _Members(tf.Module):
     """Holds the ensemble members' network modules so one checkpoint tracks them all."""
 

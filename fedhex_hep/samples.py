@@ -87,9 +87,9 @@ class SampleError(ValueError):
 #: 220 GeV photon-pt cut sculpts the acceptance (photon pt ~ m_Phi/2 * sin(theta*)); omega
 #: masses span the change of decay-mode mixture (missing-pi0 sigmoid around 4 GeV, 1 GeV wide)
 #: and, with m_Phi, the prong-merging regime (boost p/m_omega ~ 250). The spacing is set by
-#: those shape changes: on a 5 x 5 grid (omega 2.5 -> 5 -> 7.5) the Phi-mass width at
-#: m_omega = 5 GeV changes by a factor 2.5 between neighbours, and no interpolation (flow or
-#: morphing) closes better than ~10% there (README, "At mass points the model never saw").
+#: those shape changes: on a 5 x 5 grid (omega 2.5 -> 5 -> 7.5) the Phi-mass width
+#: changes by a factor 2.5 from m_omega = 2.5 to 5 GeV, and a flow trained without (1500, 5)
+#: gave an 18% too narrow width there (README, "At mass points the model never saw").
 #: 8 x 9 points; the default generation label (1750, 6.25) lies off the grid. 5000 events per
 #: point give >= 2000 selected events at every point.
 DEMO_GRID: dict[str, Any] = {
