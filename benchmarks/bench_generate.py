@@ -62,8 +62,8 @@ def _train_model(model_dir: Path, kind: str) -> None:
     from fedhex_hep.config import load_config
     from fedhex_hep.train import train
 
-    defaults = load_config()  # the packaged default architecture
-    cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind)
+    defaults = load_config()  # the packaged default architecture, mixture size included
+    cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind, defaults.model.ensemble)
     train(toy_featureset(20000), cfg, model_dir, progress=False)
 
 
@@ -83,7 +83,12 @@ def run(ns: tuple[int, ...] = (1_000_000, 10_000_000), batch_size: int = 100_000
                 capture_output=True, text=True, env=env, check=True,
             )
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return {"kind": kind, "batch_size": batch_size, "cpus": os.cpu_count(), "xla": jit, "results": results}
+    from fedhex_hep.config import load_config
+
+    model = load_config().model
+    architecture = f"{kind} {model.n_blocks} blocks x {model.hidden_units}, mixture of {model.ensemble}"
+    return {"kind": kind, "architecture": architecture, "batch_size": batch_size, "cpus": os.cpu_count(), "xla": jit,
+            "results": results}
 
 
 def main() -> None:

@@ -47,7 +47,8 @@ def toy_featureset(n: int, seed: int = 0) -> Any:
     return FeatureSet.from_numpy(features, labels, ["mphi", "momega"], ["gphi", "gomega"])
 
 
-def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str = "maf") -> Any:
+def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str = "maf", ensemble: int = 1) -> Any:
+    """Config of the benchmark flow; ``ensemble`` = 1: the training comparison is per flow."""
     from fedhex_hep.config import load_config
 
     return load_config(
@@ -63,6 +64,7 @@ def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str 
             "model.kind": kind,
             "model.n_blocks": blocks,
             "model.hidden_units": [units, units],
+            "model.ensemble": ensemble,
             "training.epochs": epochs,
             "training.decay_epochs": epochs,
             "training.batch_size": batch_size,

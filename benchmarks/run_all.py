@@ -195,7 +195,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         goal = "<= 5 s" if n == 1_000_000 else ""
         met = ("yes" if secs <= 5 else "no") if n == 1_000_000 else ""
         lines.append(
-            f"| generate {n:,} events (batch {ge[0]['batch_size']:,}) | wall time; peak RSS; working memory beyond the returned arrays "
+            f"| generate {n:,} events ({ge[0]['architecture']}, batch {ge[0]['batch_size']:,}) | wall time; peak RSS; working memory beyond the returned arrays "
             f"| {secs:.2f} s; {rss:,.0f} MB; {work:,.0f} MB | | | {goal} | {met} |"
         )
     if len(ns) >= 2:
