@@ -24,11 +24,6 @@ from fedhex_hep.generate import generate
 from fedhex_hep.model_io import load_model
 
 
-def _half68(x: np.ndarray) -> float:
-    lo, hi = np.percentile(x, [16, 84])
-    return 0.5 * float(hi - lo)
-
-
 def point_closure(generated: np.ndarray, mc: np.ndarray, names: list[str], boot: int = 200) -> dict[str, float]:
     """Per feature: median shift, its MC stat (relative), half-68 width error and its MC stat."""
     rng = np.random.default_rng(0)
@@ -40,8 +35,8 @@ def point_closure(generated: np.ndarray, mc: np.ndarray, names: list[str], boot:
         # sd of a median ~ 1.2533 sigma / sqrt(n) (sigma from the robust width)
         row[f"{name}_median_stat"] = 1.2533 * metrics.robust_width(m) / np.sqrt(n) / abs(float(np.median(m)))
         row[f"{name}_w68"] = metrics.width_errors(generated[:, i], m)["half68"]
-        boots = [_half68(m[rng.integers(0, n, n)]) for _ in range(boot)]
-        row[f"{name}_w68_stat"] = float(np.std(boots) / _half68(m))
+        boots = [metrics.half68_width(m[rng.integers(0, n, n)]) for _ in range(boot)]
+        row[f"{name}_w68_stat"] = float(np.std(boots) / metrics.half68_width(m))
     return row
 
 

@@ -40,7 +40,6 @@ __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_pr
 log = logging.getLogger(__name__)
 
 
-
 class ExtractionError(ValueError):
     """Extraction failed; the one-line message names the file, branch, selection or key."""
 

@@ -56,6 +56,16 @@ class _Networks(tf.Module):
         self.networks = list(networks)
 
 
+def _assign_masked(var: Any, value: Any) -> None:
+    """Assign ``value`` to ``var`` and re-apply its kernel constraint: MADE enforces its
+    autoregressive masks that way (the optimizer applies it after each update), so weights set
+    from outside must pass through it too."""
+    var.assign(value)
+    constraint = getattr(var, "constraint", None)
+    if constraint is not None:
+        var.assign(constraint(var))
+
+
 class _FlowBase:
     """Sampling and weight access shared by ConditionalFlow and EnsembleFlow."""
 
@@ -88,11 +98,7 @@ class _FlowBase:
         if len(weights) != len(variables):
             raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
         for var, w in zip(variables, weights):
-            var.assign(w)
-            # the MADE masks live in kernel constraints: keep any weights autoregressive
-            constraint = getattr(var, "constraint", None)
-            if constraint is not None:
-                var.assign(constraint(var))
+            _assign_masked(var, w)
 
 
 class ConditionalFlow(_FlowBase):
@@ -175,12 +181,7 @@ class ConditionalFlow(_FlowBase):
                     value = rng.uniform(-limit, limit, size=shape)
                 else:
                     value = np.zeros(shape)
-                var.assign(value.astype(np.float32))
-                # MADE enforces its autoregressive masks through kernel constraints (applied
-                # by the optimizer after each update), so re-apply them after initialisation.
-                constraint = getattr(var, "constraint", None)
-                if constraint is not None:
-                    var.assign(constraint(var))
+                _assign_masked(var, value.astype(np.float32))
 
     @property
     def trainable_variables(self) -> tuple[Any, ...]:

@@ -26,6 +26,7 @@ __all__ = [
     "median_shift",
     "width_errors",
     "robust_width",
+    "half68_width",
     "wasserstein_rel",
     "classifier_auc",
     "auc_null_sigma",
@@ -185,6 +186,12 @@ def robust_width(x: Any) -> float:
     return float((q75 - q25) * _IQR_TO_SIGMA)
 
 
+def half68_width(x: Any) -> float:
+    """Half the 16-84% range (the Gaussian sigma for a normal shape; same units as x)."""
+    q16, q84 = np.quantile(_as_1d(x, "x"), [0.16, 0.84])
+    return float((q84 - q16) / 2)
+
+
 def median_shift(a: Any, b: Any) -> float:
     """Relative median shift (median(a) - median(b)) / |median(b)|  (b = reference MC)."""
     med_a, med_b = np.median(_as_1d(a, "a")), np.median(_as_1d(b, "b"))
@@ -200,10 +207,8 @@ def width_errors(a: Any, b: Any) -> dict[str, float]:
     Gaussian sigma for a normal shape, robust against far tails).
     """
     a, b = _as_1d(a, "a"), _as_1d(b, "b")
-    qa = np.quantile(a, [0.16, 0.25, 0.75, 0.84])
-    qb = np.quantile(b, [0.16, 0.25, 0.75, 0.84])
-    iqr_a, iqr_b = qa[2] - qa[1], qb[2] - qb[1]
-    h68_a, h68_b = (qa[3] - qa[0]) / 2, (qb[3] - qb[0]) / 2
+    iqr_a, iqr_b = (float(np.subtract(*np.quantile(x, [0.75, 0.25]))) for x in (a, b))
+    h68_a, h68_b = half68_width(a), half68_width(b)
     if iqr_b <= 0 or h68_b <= 0:
         raise MetricsError("reference sample has zero width: relative width errors are undefined")
     return {"iqr": float((iqr_a - iqr_b) / iqr_b), "half68": float((h68_a - h68_b) / h68_b)}

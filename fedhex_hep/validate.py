@@ -244,7 +244,8 @@ def validate(
 
     ``config``: the run Config (training seed replaced by each of ``seeds``). ``mc``: the full
     grid's MC FeatureSet. ``points``: held-out mass points (k, L) in GeV; default: the mass
-    points of ``reference`` if given, else every interior grid point. ``train_fn(featureset, config, model_dir) -> model`` and
+    points of ``reference`` if given, else every interior grid point.
+    ``train_fn(featureset, config, model_dir) -> model`` and
     ``generate_fn(model, point (L,), n, seed) -> (n, F) array`` default to fedhex_hep.train /
     fedhex_hep.generate. ``max_events`` caps the compared sample size per point (speed).
     Writes ``report.json``, ``report.md`` and plots into ``outdir``; returns the report dict
