@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.executors import EXECUTORS, dask_client
+from fedhex_hep.executors import EXECUTORS, ExecutorError, check_executor, dask_client
 
 __all__ = ["ScanError", "grid_points", "run_scan", "resolve_bins", "scan_efficiency", "EXECUTORS", "SCAN_NAMING"]
 
@@ -331,10 +331,10 @@ def run_scan(
     from processors.generation import FlowTemplateProcessor, GenerationProcessorError, point_key
 
     output = check_writable(Path(output), overwrite=overwrite)
-    if executor not in EXECUTORS:
-        raise ScanError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
-    if int(workers) < 1:
-        raise ScanError(f"workers must be >= 1, got {workers}")
+    try:
+        check_executor(executor, int(workers))
+    except ExecutorError as exc:
+        raise ScanError(str(exc)) from None
     model_dir = Path(model_dir).resolve()
     try:
         config, _, _ = read_model_files(model_dir)
