@@ -35,6 +35,7 @@ __all__ = [
     "compare_samples",
     "split_halves",
     "statistical_floor",
+    "floor_spread",
 ]
 
 
@@ -396,3 +397,34 @@ def statistical_floor(
     """
     first, second = split_halves(mc, seed=seed)
     return compare_samples(first, second, feature_names, seed=seed, **options)
+
+
+def floor_spread(
+    mc: Any,
+    feature_names: Sequence[str] | None = None,
+    n_splits: int = 50,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """The noise level of each feature's median shift and width errors between two MC halves.
+
+    :func:`statistical_floor` is one random split: one draw of the noise, which can land near
+    zero by chance. This is the root mean square of the same numbers over ``n_splits`` random
+    half-splits, i.e. the size a shift or width error of a candidate compared at half the MC's
+    size shows from statistics alone. Keys as in :func:`feature_metrics` (relative, unitless).
+    """
+    x = _as_2d(mc, "sample")
+    if n_splits < 1:
+        raise MetricsError(f"n_splits must be >= 1, got {n_splits}")
+    names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(x.shape[1])]
+    if len(names) != x.shape[1]:
+        raise MetricsError(f"{len(names)} feature names for {x.shape[1]} columns")
+    rng = np.random.default_rng(seed)
+    sums = {name: {"median_shift": 0.0, "width_error_iqr": 0.0, "width_error_68": 0.0} for name in names}
+    for _ in range(n_splits):
+        first, second = split_halves(x, seed=int(rng.integers(2**31)))
+        for i, name in enumerate(names):
+            widths = width_errors(first[:, i], second[:, i])
+            sums[name]["median_shift"] += median_shift(first[:, i], second[:, i]) ** 2
+            sums[name]["width_error_iqr"] += widths["iqr"] ** 2
+            sums[name]["width_error_68"] += widths["half68"] ** 2
+    return {name: {key: float(np.sqrt(v / n_splits)) for key, v in d.items()} for name, d in sums.items()}

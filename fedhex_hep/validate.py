@@ -62,6 +62,9 @@ GOALS: dict[str, float] = {
     "floor_factor": 2.0,
 }
 
+#: random half-splits of the reference whose rms shift/width error is the floor's noise level
+FLOOR_SPLITS = 50
+
 #: seed of freshly generated reference MC: differs from the demo grid's seed (0), so the
 #: reference events are independent of the training MC
 REFERENCE_SEED = 7919
@@ -137,10 +140,15 @@ def evaluate_point(
     """Metrics of each candidate sample against one half of ``reference``, plus the floor.
 
     ``candidates``: name -> (n, F) array; each is truncated to |half| events (never padded).
+    ``floor`` is the metrics of one half against the other; ``floor_rms`` the noise level of
+    the per-feature shifts and width errors (rms over FLOOR_SPLITS random half-splits).
     """
     half_a, half_b = metrics.split_halves(reference, seed=seed)
     opts = dict(classifier=classifier, folds=folds, seed=seed)
-    out: dict[str, Any] = {"floor": metrics.compare_samples(half_a, half_b, feature_names, **opts)}
+    out: dict[str, Any] = {
+        "floor": metrics.compare_samples(half_a, half_b, feature_names, **opts),
+        "floor_rms": metrics.floor_spread(reference, feature_names, n_splits=FLOOR_SPLITS, seed=seed),
+    }
     for name, sample in candidates.items():
         out[name] = metrics.compare_samples(sample[: len(half_b)], half_b, feature_names, **opts)
     return out
@@ -196,8 +204,14 @@ def _seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _goal_check(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
-    """issue-6 goals for one method at one point (shift/width: or within 2x the floor)."""
+def _goal_check(
+    result: dict[str, Any], floor: dict[str, Any], floor_rms: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """issue-6 goals for one method at one point (shift/width: or within 2x the floor).
+
+    The floor of a shift or width error is its noise level ``floor_rms`` (rms over random
+    half-splits) where given; else the single split's own value (reports built by hand).
+    """
     checks: dict[str, Any] = {}
     joint = result["joint"]
     if "auc" in joint:
@@ -206,7 +220,7 @@ def _goal_check(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]
         checks["chi2_2d_ndf"] = bool(joint["chi2_2d_ndf"] <= GOALS["chi2_2d_ndf"])
     k = GOALS["floor_factor"]
     for name, feat in result["features"].items():
-        fl = floor["features"][name]
+        fl = floor_rms[name] if floor_rms is not None else floor["features"][name]
         checks[f"median_shift:{name}"] = bool(
             abs(feat["median_shift"]) <= max(GOALS["median_shift"], k * abs(fl["median_shift"]))
         )
@@ -363,6 +377,7 @@ def validate(
                 "n_reference": int(len(ref)),
                 "n_compare": int(n),
                 "floor": ev.pop("floor"),
+                "floor_rms": ev.pop("floor_rms"),
                 "flow_seeds": {str(s): r for s, r in zip(seeds, per_seed)},
                 "flow": _seed_summary(per_seed),
                 "flow_ensemble": ev.pop("flow_ensemble"),
@@ -409,15 +424,15 @@ def validate(
 
 
 def _add_verdict(entry: dict[str, Any]) -> None:
-    floor = entry["floor"]
+    floor, rms = entry["floor"], entry.get("floor_rms")
     flow_mean = _flow_mean_result(entry["flow"])
     entry["goals"] = {
-        "flow_seed_mean": _goal_check(flow_mean, floor),
-        "flow_ensemble": _goal_check(entry["flow_ensemble"], floor),
+        "flow_seed_mean": _goal_check(flow_mean, floor, rms),
+        "flow_ensemble": _goal_check(entry["flow_ensemble"], floor, rms),
         "flow_every_seed": all(
-            _goal_check(r, floor)["all"] for r in entry["flow_seeds"].values()
+            _goal_check(r, floor, rms)["all"] for r in entry["flow_seeds"].values()
         ),
-        **{name: _goal_check(r, floor) for name, r in entry["morph"].items()},
+        **{name: _goal_check(r, floor, rms) for name, r in entry["morph"].items()},
     }
     # winner per joint metric among flow (seed mean), flow ensemble and each morphing method
     contenders = {"flow": flow_mean, "flow_ensemble": entry["flow_ensemble"], **entry["morph"]}
@@ -493,7 +508,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Goals (issue 6): AUC <= {GOALS['auc']}, 2D chi2/ndf <= {GOALS['chi2_2d_ndf']}, "
         f"|median shift| <= {100 * GOALS['median_shift']:.1f}%, |width error| <= {100 * GOALS['width_error']:.0f}% "
-        f"(or <= {GOALS['floor_factor']:g}x the floor).",
+        f"(or <= {GOALS['floor_factor']:g}x the floor: the rms of the same number between two reference halves "
+        f"over {FLOOR_SPLITS} random splits).",
         "",
         "## Summary",
         "",
@@ -545,6 +561,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                 row += (
                     f" {_pct(m['median_shift'])} | {_pct(m['width_error_68'])} | {_pct(m['width_error_iqr'])} "
                     f"| {m['w1_rel']:.3f} | {m['chi2_ndf']:.2f} | {m['ks_pvalue']:.2g} |"
+                )
+            lines.append(row)
+        if e.get("floor_rms"):
+            row = f"| statistical floor: rms over {FLOOR_SPLITS} half-splits | {e['n_compare']} | - | - |"
+            for f in names_f:
+                m = e["floor_rms"][f]
+                row += (
+                    f" ±{100 * m['median_shift']:.2f}% | ±{100 * m['width_error_68']:.2f}% "
+                    f"| ±{100 * m['width_error_iqr']:.2f}% | - | - | - |"
                 )
             lines.append(row)
     if report.get("plots"):

@@ -196,3 +196,23 @@ def test_flow_compared_at_morphing_size_when_morphing_is_capped(tmp_path):
     assert entry["flow_ensemble_matched"]["n_candidate"] == 2400
     assert entry["flow_ensemble"]["n_candidate"] == 4000
     assert "at morphing's size" in (tmp_path / "v" / "report.md").read_text()
+
+
+def test_goal_tolerance_is_twice_the_floor_rms_not_one_lucky_split():
+    from fedhex_hep.validate import _goal_check
+
+    def result(shift, width):
+        return {"joint": {"auc": 0.5, "chi2_2d_ndf": 1.0},
+                "features": {"m": {"median_shift": shift, "width_error_iqr": width, "width_error_68": width}}}
+
+    lucky_split = result(0.0, 0.001)  # the one split happened to agree almost exactly
+    rms = {"m": {"median_shift": 0.002, "width_error_iqr": 0.03, "width_error_68": 0.03}}
+    # within 2x the noise level (6%, 0.4%): passes; a single split's value would have failed it
+    assert _goal_check(result(0.003, 0.05), lucky_split, rms)["all"]
+    assert not _goal_check(result(0.003, 0.05), lucky_split)["all"]
+    # beyond twice the noise level: fails on exactly the checks that exceed it
+    checks = _goal_check(result(0.005, 0.07), lucky_split, rms)
+    assert not checks["median_shift:m"] and not checks["width_error_68:m"] and not checks["all"]
+    # a small floor never tightens the fixed goals (0.1%, 2%)
+    tiny = {"m": {"median_shift": 1e-5, "width_error_iqr": 1e-4, "width_error_68": 1e-4}}
+    assert _goal_check(result(0.0009, 0.019), lucky_split, tiny)["all"]
