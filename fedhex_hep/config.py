@@ -80,6 +80,7 @@ class ModelConfig:
     log_scale_bound: float = 3.0
     spline_bins: int = 8
     spline_range: float = 5.0
+    spline_blocks: int = 0
     ensemble: int = 1
 
 
@@ -195,7 +196,7 @@ _POSITIVE = {
     "generation.max_tries",
     "output.bins",
 }
-_NON_NEGATIVE = {"input.min_events_per_label", "training.patience", "training.clip_norm"}
+_NON_NEGATIVE = {"input.min_events_per_label", "training.patience", "training.clip_norm", "model.spline_blocks"}
 
 
 def default_config_text() -> str:
@@ -371,6 +372,10 @@ def _check_consistency(config: Config) -> None:
         )
     if config.training.final_learning_rate > config.training.learning_rate:
         raise ConfigError("config key 'training.final_learning_rate' must not exceed 'training.learning_rate'")
+    if config.model.spline_blocks > config.model.n_blocks:
+        raise ConfigError(
+            f"config key 'model.spline_blocks' = {config.model.spline_blocks} exceeds 'model.n_blocks' = {config.model.n_blocks}"
+        )
     if not config.model.hidden_units or any(u <= 0 for u in config.model.hidden_units):
         raise ConfigError("config key 'model.hidden_units' must be a non-empty list of positive integers")
 

@@ -7,7 +7,9 @@ labels c (n, L). It is a chain of ``tfb.MaskedAutoregressiveFlow`` blocks whose 
 * ``kind = "maf"``: shift and log-scale, the log-scale bounded as ``B * tanh(raw / B)`` so that
   a bad step cannot blow up the scale (the old code's tanh, made explicit), or
 * ``kind = "spline"``: the bin widths, heights and knot slopes of a
-  ``tfb.RationalQuadraticSpline`` on [-spline_range, spline_range] (identity outside).
+  ``tfb.RationalQuadraticSpline`` on [-spline_range, spline_range] (identity outside);
+* ``kind = "maf"`` with ``spline_blocks = k``: the k blocks nearest the Gaussian base are spline
+  blocks, the rest affine (the affine blocks set location and scale, the splines the shape).
 
 Fixed reversal permutations between blocks (no trainable or random state) keep save/load
 exact. Weights are initialised from a numpy generator seeded by ``seed``, so the same seed gives
@@ -117,11 +119,13 @@ class ConditionalFlow(_FlowBase):
         self.seed = int(seed)
         self.member = int(member)
         F = self.n_features
-        n_params = 2 if model.kind == "maf" else 3 * model.spline_bins - 1
-
         networks = []
         bijectors = []
         for i in range(model.n_blocks):
+            # blocks 0 .. spline_blocks-1 sit nearest the Gaussian base, where the affine blocks
+            # have already brought the data to unit scale that the spline's fixed range expects
+            spline = model.kind == "spline" or i < model.spline_blocks
+            n_params = 3 * model.spline_bins - 1 if spline else 2
             made = tfb.AutoregressiveNetwork(
                 params=n_params,
                 event_shape=[F],
@@ -132,7 +136,7 @@ class ConditionalFlow(_FlowBase):
                 name=f"made_{i}",
             )
             networks.append(made)
-            if model.kind == "maf":
+            if not spline:
                 maf = tfb.MaskedAutoregressiveFlow(
                     shift_and_log_scale_fn=_bounded_affine(made, model.log_scale_bound), name=f"maf_{i}"
                 )

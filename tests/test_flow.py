@@ -16,11 +16,25 @@ VARIANTS = [
     pytest.param("maf", 3, 1, id="maf-F3-L1"),
     pytest.param("spline", 2, 2, id="spline-F2"),
     pytest.param("spline", 1, 1, id="spline-F1"),
+    pytest.param("hybrid", 2, 2, id="hybrid-F2"),
 ]
 
 
 def _flow(kind: str, F: int, L: int, seed: int = 3, blocks: int = 2):
-    return build_flow(ModelConfig(kind=kind, n_blocks=blocks, hidden_units=[16, 16], spline_bins=6), F, L, seed=seed)
+    # "hybrid": affine MAF blocks with the block nearest the base a spline block
+    spline_blocks = 1 if kind == "hybrid" else 0
+    cfg = ModelConfig(kind="maf" if kind == "hybrid" else kind, n_blocks=blocks, hidden_units=[16, 16], spline_bins=6,
+                      spline_blocks=spline_blocks)
+    return build_flow(cfg, F, L, seed=seed)
+
+
+def test_spline_blocks_sit_nearest_the_base() -> None:
+    flow = _flow("hybrid", 2, 2, blocks=3)
+    # the MADE of a spline block outputs 3 * bins - 1 = 17 numbers per feature, an affine one 2
+    widths = [net.trainable_variables[-1].shape[-1] for net in flow.module.networks]
+    assert widths == [2 * 17, 2 * 2, 2 * 2]
+    # the sampling direction starts at the base with block 0
+    assert [b.name for b in flow.bijector.bijectors][-1] == "maf_0"
 
 
 def _inputs(F: int, L: int, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
