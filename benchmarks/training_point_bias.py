@@ -7,7 +7,11 @@ percent of all events) at the MC's quantiles, next to the MC's own statistical e
 
     fedhex-hep make-samples signal output/big_train --phi 1000,1250,1500 --omega 4,6 --events 60000 --seed 1
     fedhex-hep extract --input output/big_train --set input.min_events_per_label=0 -o output/big_train.parquet
-    python benchmarks/training_point_bias.py output/validate/models/group0-seed1 output/big_train.parquet
+    python benchmarks/training_point_bias.py output/validate/models/group0-seed1 output/big_train.parquet \
+        --training output/demo_mc.parquet
+
+``--training`` also prints the same numbers for the training MC itself at those points: the
+flow can only be as close to the large sample as the events it was trained on.
 
 Features are shown relative to their generator mass (reco / gen) when the model's
 preprocessing divides them by a label.
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200000, help="generated events per point")
     parser.add_argument("--checkpoint", default=None, help='e.g. "best"; default: the final weights')
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--training", default=None, help="the training FeatureSet parquet, to show its own deviation")
     args = parser.parse_args(argv)
 
     from fedhex_hep.featureset import FeatureSet
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model, args.checkpoint)
     mc = FeatureSet.load(args.mc)
+    training = FeatureSet.load(args.training) if args.training else None
     if mc.feature_names != model.feature_names or mc.label_names != model.label_names:
         sys.exit(f"{args.mc}: columns {mc.feature_names} / {mc.label_names} differ from the model's")
     trained_on = {tuple(p) for p in np.round(model.training_label_points, 6)}
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in model.feature_names if name in model.config.preprocessing.features}
     print(f"flow CDF - MC CDF in % of events at the MC quantiles {', '.join(f'{q:g}' for q in qs)}")
     summary: dict[str, list[np.ndarray]] = {name: [] for name in model.feature_names}
+    summary_training: dict[str, list[np.ndarray]] = {name: [] for name in model.feature_names}
     for point in mc.label_points():
         ref = mc.at_label(point)
         gen = generate(model, point, args.events, seed=args.seed)
@@ -62,18 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         err = 100 * np.sqrt(qs * (1 - qs) / len(ref))
         print(f"\n{dict(zip(mc.label_names, point.tolist()))} ({tag}; {len(ref)} MC events; "
               f"MC error {err.min():.2f}-{err.max():.2f}%)")
-        for i, name in enumerate(model.feature_names):
-            a, b = gen.column(name), ref.column(name)
+        seen = training.at_label(point) if training is not None else None
+        for name in model.feature_names:
             label = relative.get(name)
-            if label:
-                j = model.label_names.index(label)
-                a, b = a / point[j], b / point[j]
-            d = 100 * cdf_differences(a, b, qs)
+            scale = point[model.label_names.index(label)] if label else 1.0
+            b = ref.column(name) / scale
+            d = 100 * cdf_differences(gen.column(name) / scale, b, qs)
             summary[name].append(d)
-            print(f"  {name}{' / ' + label if label else ''}: " + " ".join(f"{v:+.2f}" for v in d))
+            print(f"  {name}{' / ' + label if label else ''}, flow: " + " ".join(f"{v:+.2f}" for v in d))
+            if seen is not None and len(seen):
+                d = 100 * cdf_differences(seen.column(name) / scale, b, qs)
+                summary_training[name].append(d)
+                print(f"  {name}{' / ' + label if label else ''}, training MC ({len(seen)} events): "
+                      + " ".join(f"{v:+.2f}" for v in d))
     print("\nmean over points:")
-    for name, rows in summary.items():
-        print(f"  {name}: " + " ".join(f"{v:+.2f}" for v in np.mean(rows, axis=0)))
+    for name in model.feature_names:
+        print(f"  {name}, flow: " + " ".join(f"{v:+.2f}" for v in np.mean(summary[name], axis=0)))
+        if summary_training[name]:
+            print(f"  {name}, training MC: " + " ".join(f"{v:+.2f}" for v in np.mean(summary_training[name], axis=0)))
     return 0
 
 
