@@ -81,6 +81,7 @@ class ModelConfig:
     spline_bins: int = 8
     spline_range: float = 5.0
     spline_blocks: int = 0
+    base_components: int = 1
     ensemble: int = 1
 
 
@@ -182,6 +183,7 @@ _POSITIVE = {
     "input.max_depth",
     "model.n_blocks",
     "model.ensemble",
+    "model.base_components",
     "model.log_scale_bound",
     "model.spline_bins",
     "model.spline_range",

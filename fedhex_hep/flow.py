@@ -11,6 +11,11 @@ labels c (n, L). It is a chain of ``tfb.MaskedAutoregressiveFlow`` blocks whose 
 * ``kind = "maf"`` with ``spline_blocks = k``: the k blocks nearest the Gaussian base are spline
   blocks, the rest affine (the affine blocks set location and scale, the splines the shape).
 
+The base distribution is a standard normal, or with ``base_components = K > 1`` a mixture of K
+diagonal Gaussians whose weights, means and (bounded) widths a small network computes from c:
+a component can then carry a sub-population whose fraction changes with the labels (here the
+missing-pi0 tail), which affine blocks alone build poorly.
+
 Fixed reversal permutations between blocks (no trainable or random state) keep save/load
 exact. Weights are initialised from a numpy generator seeded by ``seed``, so the same seed gives
 bit-identical initial weights in any process. Imports TensorFlow: only import lazily.
@@ -39,11 +44,16 @@ __all__ = ["ConditionalFlow", "EnsembleFlow", "FlowError", "build_flow"]
 # Smallest spline bin width/height and knot slope (in standardised units): keeps the spline
 # strictly monotonic and its inverse well conditioned.
 _MIN_BIN = 1e-3
+_LOG_2PI = float(np.log(2.0 * np.pi))
 _MIN_SLOPE = 1e-3
 # Compile sampling with XLA (see benchmarks/bench_generate.py for the measured effect).
 SAMPLE_JIT_COMPILE = True
 # Scale of the initial output-layer weights relative to Glorot (blocks start near identity).
 _OUTPUT_INIT_SCALE = 0.1
+# Hidden units of the network that gives the mixture base's parameters from the labels, and
+# the tanh bound on its components' log-widths.
+_BASE_HIDDEN = 32
+_BASE_LOG_SCALE_BOUND = 3.0
 
 
 class FlowError(ValueError):
@@ -147,12 +157,28 @@ class ConditionalFlow(_FlowBase):
             bijectors.append(maf)
             if i < model.n_blocks - 1 and F > 1:
                 bijectors.append(tfb.Permute(permutation=list(range(F - 1, -1, -1)), name=f"perm_{i}"))
+        self.base_components = int(model.base_components)
+        if self.base_components < 1:
+            raise FlowError(f"config key 'model.base_components' must be >= 1, got {model.base_components}")
+        self.base_net = None
+        if self.base_components > 1:
+            import tf_keras
+
+            k = self.base_components
+            self.base_net = tf_keras.Sequential(
+                [tf_keras.layers.Dense(_BASE_HIDDEN, activation="relu", name="base_hidden"),
+                 tf_keras.layers.Dense(k * (1 + 2 * F), name="base_params")],
+                name="base",
+            )
+            self.base_net(tf.zeros((1, self.n_labels), tf.float32))
+            networks.append(self.base_net)
         self._names = [f"maf_{i}" for i in range(model.n_blocks)]
         # tfb.Chain applies its list last-to-first in the forward (sampling) direction, so
         # sampling runs maf_0 -> perm_0 -> maf_1 ...; the normalising (inverse) direction runs
         # the chain's list first-to-last (maf_{n-1} first).
         self.bijector = tfb.Chain(list(reversed(bijectors)), name="chain")
         base = tfd.Sample(tfd.Normal(tf.constant(0.0, tf.float32), tf.constant(1.0, tf.float32)), sample_shape=[F])
+        # TFP's own view of the flow, with the standard normal base (base_components = 1)
         self.distribution = tfd.TransformedDistribution(base, self.bijector)
         self.module = _Networks(networks)
         # The per-block bijector builders (network output -> affine / spline bijector) for the
@@ -161,6 +187,36 @@ class ConditionalFlow(_FlowBase):
         self._inner_fns = inner_fns if all(fn is not None for fn in inner_fns.values()) else None
         self._build()
         self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
+
+    # -- base distribution -----------------------------------------------------------------
+    def base_parameters(self, c: Any) -> tuple[Any, Any, Any]:
+        """Mixture base at labels c (n, L): logits (n, K), means (n, K, F), log-widths (n, K, F)."""
+        k, f = self.base_components, self.n_features
+        out = tf.reshape(self.base_net(c), (-1, k, 1 + 2 * f))
+        log_width = _BASE_LOG_SCALE_BOUND * tf.math.tanh(out[:, :, 1 + f :] / _BASE_LOG_SCALE_BOUND)
+        return out[:, :, 0], out[:, :, 1 : 1 + f], log_width
+
+    def base_log_prob(self, u: Any, c: Any) -> Any:
+        """log density of the base distribution at u (n, F) given labels c (n, L), shape (n,)."""
+        if self.base_net is None:
+            return self.distribution.distribution.log_prob(u)
+        logits, mean, log_width = self.base_parameters(c)
+        t = (u[:, None, :] - mean) * tf.exp(-log_width)
+        per_component = tf.reduce_sum(-0.5 * t * t - log_width, axis=-1) - 0.5 * self.n_features * _LOG_2PI
+        return tf.reduce_logsumexp(tf.nn.log_softmax(logits, axis=-1) + per_component, axis=-1)
+
+    def _base_sample(self, c: Any, seed: Any) -> Any:
+        n = tf.shape(c)[0]
+        if self.base_net is None:
+            return self.distribution.distribution.sample(n, seed=seed)
+        logits, mean, log_width = self.base_parameters(c)
+        pick = tf.random.stateless_categorical(
+            logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, 1), dtype=tf.int32
+        )[:, 0]
+        noise = tf.random.stateless_normal(
+            tf.shape(mean[:, 0, :]), seed=tf.random.experimental.stateless_fold_in(seed, 2)
+        )
+        return tf.gather(mean, pick, batch_dims=1) + tf.exp(tf.gather(log_width, pick, batch_dims=1)) * noise
 
     # -- construction ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -186,10 +242,17 @@ class ConditionalFlow(_FlowBase):
                 else:
                     value = np.zeros(shape)
                 _assign_masked(var, value.astype(np.float32))
+        if self.base_net is not None:
+            # equal weights and unit widths; means spread along the diagonal so that the
+            # components differ from the start (identical ones would get identical gradients)
+            k, f = self.base_components, self.n_features
+            bias = np.zeros((k, 1 + 2 * f), np.float32)
+            bias[:, 1 : 1 + f] = np.linspace(-0.5, 0.5, k, dtype=np.float32)[:, None]
+            self.base_net.layers[-1].bias.assign(bias.reshape(-1))
 
     @property
     def trainable_variables(self) -> tuple[Any, ...]:
-        """All trainable variables, in a fixed order (block by block)."""
+        """All trainable variables, in a fixed order (block by block, then the base's)."""
         return tuple(v for net in self.module.networks for v in net.trainable_variables)
 
     @property
@@ -208,7 +271,8 @@ class ConditionalFlow(_FlowBase):
     def log_prob(self, z: Any, c: Any) -> Any:
         """log p(z | c) per event, shape (n,). z: (n, F), c: (n, L).
 
-        Same density as ``self.distribution.log_prob`` (equal to float rounding), computed in
+        Same density as ``self.distribution.log_prob`` (equal to float rounding; with a mixture
+        base, that of the chain's inverse and log-det-Jacobian plus ``base_log_prob``), in
         one pass: TFP's MaskedAutoregressiveFlow evaluates its MADE network once for the
         inverse and again for the log-det-Jacobian, and graph optimisation does not merge the
         two, so the TFP path costs twice the network evaluations (measured 1.3x slower per
@@ -217,7 +281,11 @@ class ConditionalFlow(_FlowBase):
         z = tf.convert_to_tensor(z, tf.float32)
         c = tf.convert_to_tensor(c, tf.float32)
         if self._inner_fns is None:
-            return self.distribution.log_prob(z, bijector_kwargs=self._kwargs(c))
+            if self.base_net is None:
+                return self.distribution.log_prob(z, bijector_kwargs=self._kwargs(c))
+            kwargs = self._kwargs(c)
+            ildj = self.bijector.inverse_log_det_jacobian(z, event_ndims=1, **kwargs)
+            return self.base_log_prob(self.bijector.inverse(z, **kwargs), c) + ildj
         x, ildj = z, tf.zeros(tf.shape(z)[:-1], tf.float32)
         # tfb.Chain inverts its list first-to-last: this is the normalising direction.
         for bijector in self.bijector.bijectors:
@@ -229,7 +297,7 @@ class ConditionalFlow(_FlowBase):
             inner = inner_fn(x, conditional_input=c)
             ildj = ildj + inner.inverse_log_det_jacobian(x, event_ndims=1)
             x = inner.inverse(x)
-        return self.distribution.distribution.log_prob(x) + ildj
+        return self.base_log_prob(x, c) + ildj
 
     def forward(self, u: Any, c: Any) -> Any:
         """Base-space u (n, F) -> feature-space z (n, F) (the sampling direction)."""
@@ -240,9 +308,7 @@ class ConditionalFlow(_FlowBase):
         return self.bijector.inverse(tf.convert_to_tensor(z, tf.float32), **self._kwargs(tf.convert_to_tensor(c, tf.float32)))
 
     def _sample_graph(self, c: Any, seed: Any) -> Any:
-        n = tf.shape(c)[0]
-        u = self.distribution.distribution.sample(n, seed=seed)
-        return self.bijector.forward(u, **self._kwargs(c))
+        return self.bijector.forward(self._base_sample(c, seed), **self._kwargs(c))
 
 
 class _Members(tf.Module):

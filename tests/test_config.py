@@ -31,6 +31,7 @@ def test_defaults_match_reference_analysis():
         ({"input.features": {}}, "'input.features' is empty"),
         ({"model.spline_blocks": 6}, "'model.spline_blocks' = 6 exceeds 'model.n_blocks' = 5"),
         ({"model.spline_blocks": -1}, "'model.spline_blocks' must be >= 0, got -1"),
+        ({"model.base_components": 0}, "'model.base_components' must be > 0, got 0"),
         ({"input.paths": "data"}, "'input.paths' must be a list"),
         ({"generation.ranges": {"phi": [5.0, 1.0]}}, "'generation.ranges.phi' must be [min, max] with min < max"),
         ({"generation.ranges": {"phii": [1.0, 5.0]}}, "no feature named 'phii' (did you mean 'phi'?)"),

@@ -17,15 +17,31 @@ VARIANTS = [
     pytest.param("spline", 2, 2, id="spline-F2"),
     pytest.param("spline", 1, 1, id="spline-F1"),
     pytest.param("hybrid", 2, 2, id="hybrid-F2"),
+    pytest.param("mixbase", 2, 2, id="maf-mixture-base-F2"),
+    pytest.param("mixbase", 1, 1, id="maf-mixture-base-F1"),
 ]
 
 
 def _flow(kind: str, F: int, L: int, seed: int = 3, blocks: int = 2):
-    # "hybrid": affine MAF blocks with the block nearest the base a spline block
-    spline_blocks = 1 if kind == "hybrid" else 0
-    cfg = ModelConfig(kind="maf" if kind == "hybrid" else kind, n_blocks=blocks, hidden_units=[16, 16], spline_bins=6,
-                      spline_blocks=spline_blocks)
+    # "hybrid": affine MAF blocks with the block nearest the base a spline block;
+    # "mixbase": affine MAF blocks on a 3-component label-dependent Gaussian mixture base
+    cfg = ModelConfig(kind="spline" if kind == "spline" else "maf", n_blocks=blocks, hidden_units=[16, 16],
+                      spline_bins=6, spline_blocks=1 if kind == "hybrid" else 0,
+                      base_components=3 if kind == "mixbase" else 1)
     return build_flow(cfg, F, L, seed=seed)
+
+
+def _base_log_prob_numpy(flow, u: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The base density, computed independently of the flow's own code (numpy/scipy)."""
+    from scipy import stats
+    from scipy.special import logsumexp
+
+    if flow.base_components == 1:
+        return stats.norm.logpdf(u).sum(axis=1)
+    logits, mean, log_width = (t.numpy().astype(np.float64) for t in flow.base_parameters(tf.constant(c)))
+    log_w = logits - logsumexp(logits, axis=1, keepdims=True)
+    per = stats.norm.logpdf(u[:, None, :], loc=mean, scale=np.exp(log_width)).sum(axis=2)
+    return logsumexp(log_w + per, axis=1)
 
 
 def test_spline_blocks_sit_nearest_the_base() -> None:
@@ -94,7 +110,7 @@ def test_normalised_density(kind: str, F: int, L: int) -> None:
     _, c = _inputs(F, L, n=32)
     z = flow.sample(c, seed=1)
     u = flow.inverse(z, c).numpy()
-    base = -0.5 * np.sum(u**2, axis=1) - 0.5 * F * np.log(2 * np.pi)
+    base = _base_log_prob_numpy(flow, u.astype(np.float64), c)
     ildj = flow.bijector.inverse_log_det_jacobian(z, event_ndims=1, **flow._kwargs(tf.constant(c))).numpy()
     np.testing.assert_allclose(flow.log_prob(z, c).numpy(), base + ildj, rtol=1e-4, atol=1e-4)
 
@@ -108,7 +124,13 @@ def test_one_pass_log_prob_equals_tfp(kind: str, F: int, L: int) -> None:
     flow.set_weights([0.3 * rng.standard_normal(w.shape).astype(np.float32) for w in flow.get_weights()])
     z, c = _inputs(F, L)
     ours = flow.log_prob(z, c).numpy()
-    tfp_lp = flow.distribution.log_prob(tf.constant(z), bijector_kwargs=flow._kwargs(tf.constant(c))).numpy()
+    kwargs = flow._kwargs(tf.constant(c))
+    if flow.base_components == 1:
+        tfp_lp = flow.distribution.log_prob(tf.constant(z), bijector_kwargs=kwargs).numpy()
+    else:  # TFP's chain for the inverse and its Jacobian, the mixture base independently
+        u = flow.bijector.inverse(tf.constant(z), **kwargs).numpy().astype(np.float64)
+        ildj = flow.bijector.inverse_log_det_jacobian(tf.constant(z), event_ndims=1, **kwargs).numpy()
+        tfp_lp = _base_log_prob_numpy(flow, u, c) + ildj
     assert np.max(np.abs(ours - tfp_lp)) < 1e-4 * max(1.0, np.max(np.abs(tfp_lp)))
 
 
@@ -196,3 +218,20 @@ def test_ensemble_samples_follow_the_mixture_density() -> None:
 def test_ensemble_size_must_be_positive() -> None:
     with pytest.raises(FlowError, match="model.ensemble"):
         build_flow(ModelConfig(ensemble=0), 2, 2)
+
+
+def test_mixture_base_samples_follow_its_density_and_its_weights_depend_on_the_labels() -> None:
+    flow = _flow("mixbase", 1, 1, blocks=1)
+    rng = np.random.default_rng(2)
+    flow.set_weights([0.5 * rng.standard_normal(w.shape).astype(np.float32) for w in flow.get_weights()])
+    c = np.full((40000, 1), 0.7, np.float32)
+    u = flow._base_sample(tf.constant(c), tf.constant([4, 5], tf.int32)).numpy()[:, 0]
+    # KS test against the mixture CDF built from the base parameters
+    from scipy import stats
+    from scipy.special import softmax
+
+    logits, mean, log_width = (t.numpy()[0] for t in flow.base_parameters(tf.constant(c[:1])))
+    w, m, s = softmax(logits), mean[:, 0], np.exp(log_width[:, 0])
+    assert stats.kstest(u, lambda x: np.sum(w * stats.norm.cdf((np.asarray(x)[:, None] - m) / s), axis=1)).pvalue > 1e-3
+    other = flow.base_parameters(tf.constant([[-1.5]], tf.float32))[0].numpy()[0]
+    assert np.max(np.abs(softmax(other) - w)) > 1e-3

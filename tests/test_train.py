@@ -199,6 +199,7 @@ ARCHITECTURES = [
     pytest.param("maf", 6, [8, 12, 8], id="maf-6x8x12x8"),
     pytest.param("spline", 2, [16], id="spline-2x16"),
     pytest.param("hybrid", 4, [16, 16], id="maf-4x16x16-2-spline-blocks"),
+    pytest.param("mixbase", 3, [16, 16], id="maf-3x16x16-mixture-base"),
 ]
 
 
@@ -206,7 +207,8 @@ ARCHITECTURES = [
 def test_save_load_identity(tmp_path: Path, kind: str, blocks: int, hidden: list[int]) -> None:
     fs = toy_featureset(n=1200)
     spline_blocks = 2 if kind == "hybrid" else 0
-    cfg = toy_config(**{"model.kind": "maf" if kind == "hybrid" else kind, "model.spline_blocks": spline_blocks,
+    cfg = toy_config(**{"model.kind": "spline" if kind == "spline" else "maf", "model.spline_blocks": spline_blocks,
+                        "model.base_components": 4 if kind == "mixbase" else 1,
                         "model.n_blocks": blocks, "model.hidden_units": hidden,
                         "training.epochs": 2, "training.checkpoint_every": 1})
     model = train(fs, cfg, tmp_path / "m", progress=False)
