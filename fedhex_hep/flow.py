@@ -44,7 +44,6 @@ __all__ = ["ConditionalFlow", "EnsembleFlow", "FlowError", "build_flow"]
 # Smallest spline bin width/height and knot slope (in standardised units): keeps the spline
 # strictly monotonic and its inverse well conditioned.
 _MIN_BIN = 1e-3
-_LOG_2PI = float(np.log(2.0 * np.pi))
 _MIN_SLOPE = 1e-3
 # Compile sampling with XLA (see benchmarks/bench_generate.py for the measured effect).
 SAMPLE_JIT_COMPILE = True
@@ -54,6 +53,7 @@ _OUTPUT_INIT_SCALE = 0.1
 # the tanh bound on its components' log-widths.
 _BASE_HIDDEN = 32
 _BASE_LOG_SCALE_BOUND = 3.0
+_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 class FlowError(ValueError):
@@ -206,9 +206,8 @@ class ConditionalFlow(_FlowBase):
         return tf.reduce_logsumexp(tf.nn.log_softmax(logits, axis=-1) + per_component, axis=-1)
 
     def _base_sample(self, c: Any, seed: Any) -> Any:
-        n = tf.shape(c)[0]
         if self.base_net is None:
-            return self.distribution.distribution.sample(n, seed=seed)
+            return self.distribution.distribution.sample(tf.shape(c)[0], seed=seed)
         logits, mean, log_width = self.base_parameters(c)
         pick = tf.random.stateless_categorical(
             logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, 1), dtype=tf.int32

@@ -189,7 +189,7 @@ def test_floor_spread_is_the_analytic_noise_of_two_gaussian_halves():
     # 16-84% range 0.964/sqrt(n), of the IQR 1.573/sqrt(n) (asymptotic quantile covariances);
     # the difference of two halves has sqrt(2) times that, relative to 10, 0.9945 and 1.349.
     # Splits of one fixed sample scatter about +-12% around it (measured over sample seeds):
-    # 25% still tells a missing sqrt(2) (41%) or a single split apart.
+    # 25% still catches a missing sqrt(2) (41%).
     rng = np.random.default_rng(4)
     n = 10000
     mc = np.column_stack([rng.normal(10.0, 1.0, 2 * n), rng.normal(10.0, 1.0, 2 * n)])
