@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in model.feature_names:
             label = relative.get(name)
             scale = point[model.label_names.index(label)] if label else 1.0
+            shown = f"{name} / {label}" if label else name
             b = ref.column(name) / scale
             d = 100 * cdf_differences(gen.column(name) / scale, b, qs)
             summary[name].append(d)
-            print(f"  {name}{' / ' + label if label else ''}, flow: " + " ".join(f"{v:+.2f}" for v in d))
+            print(f"  {shown}, flow: " + " ".join(f"{v:+.2f}" for v in d))
             if seen is not None and len(seen):
                 d = 100 * cdf_differences(seen.column(name) / scale, b, qs)
                 summary_training[name].append(d)
-                print(f"  {name}{' / ' + label if label else ''}, training MC ({len(seen)} events): "
-                      + " ".join(f"{v:+.2f}" for v in d))
+                print(f"  {shown}, training MC ({len(seen)} events): " + " ".join(f"{v:+.2f}" for v in d))
     print("\nmean over points:")
     for name in model.feature_names:
         print(f"  {name}, flow: " + " ".join(f"{v:+.2f}" for v in np.mean(summary[name], axis=0)))

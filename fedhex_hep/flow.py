@@ -280,8 +280,6 @@ class ConditionalFlow(_FlowBase):
         z = tf.convert_to_tensor(z, tf.float32)
         c = tf.convert_to_tensor(c, tf.float32)
         if self._inner_fns is None:
-            if self.base_net is None:
-                return self.distribution.log_prob(z, bijector_kwargs=self._kwargs(c))
             kwargs = self._kwargs(c)
             ildj = self.bijector.inverse_log_det_jacobian(z, event_ndims=1, **kwargs)
             return self.base_log_prob(self.bijector.inverse(z, **kwargs), c) + ildj
