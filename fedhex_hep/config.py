@@ -225,9 +225,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
+    # A dotted key into one entry of a free table (``preprocessing.features.omega.gaussianise``)
+    # changes that entry of the merged config; only a whole table replaces the default one.
+    into_entry = {}
     for key, value in (overrides or {}).items():
-        _set_dotted(user, key, value)
-    return config_from_dict(user)
+        if any(tuple(key.split("."))[: len(table)] == table and key.count(".") >= len(table) for table in _FREE_TABLES):
+            into_entry[key] = value
+        else:
+            _set_dotted(user, key, value)
+    config = config_from_dict(user)
+    return config.with_overrides(into_entry) if into_entry else config
 
 
 def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
@@ -237,9 +244,10 @@ def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
     else:
         merged = _merge(_defaults_dict(), data, ())
         names_changed = any(k in data.get("input", {}) for k in ("features", "labels"))
-        if names_changed and "preprocessing" not in data:
+        if names_changed:
             # Default per-column preprocessing names the reference analysis's columns only.
-            merged["preprocessing"] = {"features": {}, "labels": {}}
+            for section in ("features", "labels"):
+                merged["preprocessing"][section] = copy.deepcopy(data.get("preprocessing", {}).get(section, {}))
         if names_changed and "labels" not in data.get("generation", {}):
             # Default generation points have one value per reference-analysis label.
             merged["generation"]["labels"] = []

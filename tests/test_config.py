@@ -73,6 +73,23 @@ def test_user_feature_table_replaces_default_and_drops_default_preprocessing():
     assert cfg.preprocessing.features == {}
 
 
+def test_dotted_override_changes_one_entry_of_a_named_table(tmp_path):
+    # --set preprocessing.features.omega.standardise=false must keep omega's relative_to and log,
+    # and phi's entry; it once replaced the whole table with a bare {omega: {standardise}}.
+    cfg = load_config(overrides={"preprocessing.features.omega.standardise": False})
+    default = load_config().preprocessing.features
+    assert cfg.preprocessing.features["phi"] == default["phi"]
+    omega = cfg.preprocessing.features["omega"]
+    assert (omega.relative_to, omega.transform, omega.standardise) == ("labelomega", "log", False)
+    # the same over a user's file that names its own columns
+    path = tmp_path / "run.toml"
+    path.write_text('[input.features]\nmass = "Muon_pt[0]"\n[input.labels]\nm = "mass_point"\n'
+                    '[preprocessing.features.mass]\ntransform = "log"\n')
+    cfg = load_config(path, overrides={"preprocessing.features.mass.standardise": False, "input.features.eta": "Muon_eta[0]"})
+    assert cfg.feature_names == ["mass", "eta"]
+    assert cfg.preprocessing.features["mass"].transform == "log" and not cfg.preprocessing.features["mass"].standardise
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(overrides={"training.epochs": 9, "generation.ranges": {"phi": [100.0, 4000.0]}})
     path = cfg.write(tmp_path / "config.toml")
