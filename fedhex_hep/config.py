@@ -225,7 +225,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
-    # A dotted key into one entry of a free table (``preprocessing.features.omega.gaussianise``)
+    # A dotted key into one entry of a free table (``preprocessing.features.omega.standardise``)
     # changes that entry of the merged config; only a whole table replaces the default one.
     into_entry = {}
     for key, value in (overrides or {}).items():
