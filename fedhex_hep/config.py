@@ -229,7 +229,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     # changes that entry of the merged config; only a whole table replaces the default one.
     into_entry = {}
     for key, value in (overrides or {}).items():
-        if any(tuple(key.split("."))[: len(table)] == table and key.count(".") >= len(table) for table in _FREE_TABLES):
+        parts = tuple(key.split("."))
+        if any(len(parts) > len(table) and parts[: len(table)] == table for table in _FREE_TABLES):
             into_entry[key] = value
         else:
             _set_dotted(user, key, value)

@@ -243,6 +243,14 @@ def _as_2d(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _feature_names(feature_names: Sequence[str] | None, n_features: int) -> list[str]:
+    """The given names (one per column), or x0, x1, ... when None."""
+    names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(n_features)]
+    if len(names) != n_features:
+        raise MetricsError(f"{len(names)} feature names for {n_features} features")
+    return names
+
+
 def chi2_2d(a: Any, b: Any, bins: int | tuple[Any, Any] = 20) -> Chi2Result:
     """Two-sample chi2 of 2D histograms of (n, 2) samples ``a`` and ``b`` (shapes, both errors).
 
@@ -363,9 +371,7 @@ def compare_samples(
     a, b = _as_2d(a, "candidate"), _as_2d(b, "reference")
     if a.shape[1] != b.shape[1]:
         raise MetricsError(f"candidate has {a.shape[1]} features, reference {b.shape[1]}")
-    names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(a.shape[1])]
-    if len(names) != a.shape[1]:
-        raise MetricsError(f"{len(names)} feature names for {a.shape[1]} features")
+    names = _feature_names(feature_names, a.shape[1])
     return {
         "n_candidate": int(len(a)),
         "n_reference": int(len(b)),
@@ -415,9 +421,7 @@ def floor_spread(
     x = _as_2d(mc, "sample")
     if n_splits < 1:
         raise MetricsError(f"n_splits must be >= 1, got {n_splits}")
-    names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(x.shape[1])]
-    if len(names) != x.shape[1]:
-        raise MetricsError(f"{len(names)} feature names for {x.shape[1]} columns")
+    names = _feature_names(feature_names, x.shape[1])
     rng = np.random.default_rng(seed)
     sums = {name: {"median_shift": 0.0, "width_error_iqr": 0.0, "width_error_68": 0.0} for name in names}
     for _ in range(n_splits):
