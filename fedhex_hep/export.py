@@ -62,6 +62,7 @@ import numpy as np
 
 from fedhex_hep.atomic import OutputError, atomic_path, check_writable
 from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.metrics import quantile_edges
 
 __all__ = [
     "ExportError",
@@ -127,11 +128,7 @@ def _auto_edges(values: np.ndarray, n: int, feature: str, lo_q: float = 0.001, h
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise ExportError(f"feature {feature!r} has no finite values to choose a binning from")
-    lo, hi = np.quantile(values, [lo_q, hi_q])
-    if not hi > lo:
-        half = max(abs(lo) * 1e-3, 1e-6)
-        lo, hi = lo - half, hi + half
-    return np.linspace(lo, hi, n + 1)
+    return quantile_edges(values, n, lo_q, hi_q)
 
 
 def resolve_binning(
