@@ -19,9 +19,10 @@ tf = pytest.importorskip("tensorflow")
 
 from fedhex_hep.atomic import OutputError  # noqa: E402
 from fedhex_hep.config import Config, load_config  # noqa: E402
+from fedhex_hep.dataset import prepare  # noqa: E402
 from fedhex_hep.featureset import FeatureSet  # noqa: E402
 from fedhex_hep.model_io import ModelDirError, checkpoint_prefix, load_model  # noqa: E402
-from fedhex_hep.train import TrainingError, train  # noqa: E402
+from fedhex_hep.train import TrainingError, outside_spline_range, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -324,3 +325,26 @@ def test_far_outliers_in_validation_do_not_end_training(tmp_path: Path, monkeypa
     assert plain[-1] > plain[0], plain  # the outliers are in the validation split
     assert capped[-1] < capped[0], capped
     assert min(plain) > max(capped) + 0.3
+
+
+def test_warns_when_features_lie_outside_the_data_side_spline_range(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # 1% of the Phi masses far below the core (mis-paired candidates): beyond +-5 standardised
+    # units, where a spline block at the data side is the identity.
+    fs = toy_featureset()
+    features = fs.features.copy()
+    features[::100, 0] *= 0.2
+    fs = FeatureSet.from_numpy(features, fs.labels, fs.feature_names, fs.label_names)
+    spline = {"model.kind": "spline", "model.spline_range": 5.0, "training.epochs": 1, "training.decay_epochs": 1}
+    with caplog.at_level("WARNING"):
+        train(fs, toy_config(**spline), tmp_path / "narrow", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "model.spline_range" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("feature 'mphi': 1.0") and "raise model.spline_range" in warned[0]
+
+    data = prepare(fs, toy_config(**spline))
+    assert outside_spline_range(data, toy_config(**spline))["mphi"] == pytest.approx(0.01, abs=0.002)
+    assert outside_spline_range(data, toy_config(**spline))["momega"] == 0.0
+    assert max(outside_spline_range(data, toy_config(**{**spline, "model.spline_range": 20.0})).values()) == 0.0
+    # affine blocks at the data side (splines only nearest the base): nothing to check
+    assert outside_spline_range(data, toy_config(**{"model.spline_blocks": 1})) == {}
+    assert outside_spline_range(data, toy_config(**{"model.spline_blocks": 2}))["mphi"] > 0.005
