@@ -39,6 +39,10 @@ class ConfigError(ValueError):
     """A configuration problem; the message is one line naming the offending key."""
 
 
+# The field defaults below serve code that builds these dataclasses directly (tests, small
+# examples: a short single-flow training). Runs take every value from default.toml instead.
+
+
 @dataclass
 class ColumnTransform:
     """Invertible preprocessing of one column: ``standardise(transform(x / relative_to))``."""
