@@ -40,7 +40,7 @@ from fedhex_hep.model_io import (
     restore_flow_weights,
 )
 
-__all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "versions"]
+__all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "outside_spline_range", "versions"]
 
 log = logging.getLogger(__name__)
 
