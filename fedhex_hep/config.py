@@ -88,6 +88,10 @@ class ModelConfig:
     base_components: int = 1
     ensemble: int = 1
 
+    def is_spline_block(self, i: int) -> bool:
+        """Whether block ``i`` (0 = nearest the Gaussian base, n_blocks - 1 = nearest the data) is a spline."""
+        return self.kind == "spline" or i < self.spline_blocks
+
 
 @dataclass
 class TrainingConfig:

@@ -134,7 +134,7 @@ class ConditionalFlow(_FlowBase):
         for i in range(model.n_blocks):
             # blocks 0 .. spline_blocks-1 sit nearest the Gaussian base, where the affine blocks
             # have already brought the data to unit scale that the spline's fixed range expects
-            spline = model.kind == "spline" or i < model.spline_blocks
+            spline = model.is_spline_block(i)
             n_params = 3 * model.spline_bins - 1 if spline else 2
             made = tfb.AutoregressiveNetwork(
                 params=n_params,

@@ -268,7 +268,7 @@ def outside_spline_range(data: PreparedData, config: Config) -> dict[str, float]
     """Per feature, the share of training events outside +-``model.spline_range`` (standardised
     units) where the block nearest the data is a spline; empty when it is affine."""
     model = config.model
-    if not (model.kind == "spline" or model.spline_blocks >= model.n_blocks):
+    if not model.is_spline_block(model.n_blocks - 1):
         return {}
     outside = np.mean(np.abs(data.z_train) > model.spline_range, axis=0)
     return dict(zip(data.preprocessor.feature_names, (float(v) for v in outside)))
