@@ -134,6 +134,13 @@ def test_validate_biased_model_fails_and_morph_wins(toy_mc, tmp_path):
     # the ensemble is also compared at moment morphing's (capped) sample size
     assert entry["flow_ensemble_matched"]["n_candidate"] == entry["morph"]["moment"]["n_candidate"]
     assert report["summary"]["flow_ensemble_matched_no_worse_than_moment_auc"] == "0/1"
+    # the training grid's own noise is measured and reported; a 3% bias is far beyond it (3000
+    # events per neighbour: ~0.1% median noise), so it fails with that noise included too
+    grid = entry["grid_noise_rms"]["m1"]
+    assert 0 < grid["median_shift"] < 0.005 and 0 < grid["width_error_68"] < 0.05
+    assert entry["within_noise"]["flow_ensemble"] is False
+    assert report["summary"]["within_noise_flow_ensemble"] == "0/1"
+    assert "training-grid noise" in (tmp_path / "val" / "report.md").read_text()
 
 
 def test_validate_default_points_checkerboard_and_reference(toy_mc, tmp_path):
@@ -216,3 +223,19 @@ def test_goal_tolerance_is_twice_the_floor_rms_not_one_lucky_split():
     # a small floor never tightens the fixed goals (0.1%, 2%)
     tiny = {"m": {"median_shift": 1e-5, "width_error_iqr": 1e-4, "width_error_68": 1e-4}}
     assert _goal_check(result(0.0009, 0.019), lucky_split, tiny)["all"]
+
+
+
+def test_noise_check_adds_the_training_grids_noise_in_quadrature():
+    from fedhex_hep.validate import _goal_check
+
+    def result(width):
+        return {"joint": {"auc": 0.5, "chi2_2d_ndf": 1.0},
+                "features": {"m": {"median_shift": 0.0, "width_error_iqr": width, "width_error_68": width}}}
+
+    floor_rms = {"m": {"median_shift": 0.001, "width_error_iqr": 0.02, "width_error_68": 0.02}}
+    grid_rms = {"m": {"median_shift": 0.001, "width_error_iqr": 0.015, "width_error_68": 0.015}}
+    # 2 x hypot(2%, 1.5%) = 5%: a 4.9% error is within both noises, not within the floor's 4%
+    assert not _goal_check(result(0.049), result(0.0), floor_rms)["all"]
+    assert _goal_check(result(0.049), result(0.0), floor_rms, grid_rms)["all"]
+    assert not _goal_check(result(0.051), result(0.0), floor_rms, grid_rms)["all"]
