@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -105,6 +106,7 @@ class TrainingConfig:
     checkpoint_every: int = 10
     clip_norm: float = 0.0
     seed: int = 42
+    label_jitter: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,6 +176,7 @@ _FREE_TABLES = {
     ("preprocessing", "features"),
     ("preprocessing", "labels"),
     ("generation", "ranges"),
+    ("training", "label_jitter"),
 }
 
 _CHOICES = {
@@ -435,6 +438,14 @@ def _check_consistency(config: Config) -> None:
                 f"config key 'generation.labels[{i}]' has {len(point)} values, expected {len(labels)} "
                 f"({', '.join(labels)})"
             )
+    for name, sd in config.training.label_jitter.items():
+        key = f"training.label_jitter.{name}"
+        if name not in labels:
+            close = difflib.get_close_matches(name, list(labels), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config key '{key}': no label named {name!r}{hint}")
+        if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not math.isfinite(sd) or sd < 0:
+            raise ConfigError(f"config key '{key}' must be a finite number >= 0, got {sd!r}")
     for name, bounds in config.generation.ranges.items():
         key = f"generation.ranges.{name}"
         if name not in features:

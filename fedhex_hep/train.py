@@ -164,12 +164,23 @@ class _Compiled:
     """The compiled epoch and evaluation functions for one flow + optimizer + dataset."""
 
     def __init__(
-        self, flow: Any, optimizer: Any, data: PreparedData, batch_size: int, jit: bool, clip_norm: float = 0.0
+        self,
+        flow: Any,
+        optimizer: Any,
+        data: PreparedData,
+        batch_size: int,
+        jit: bool,
+        clip_norm: float = 0.0,
+        label_jitter: np.ndarray | None = None,
     ) -> None:
         import tensorflow as tf
 
         self.flow = flow
         self.clip_norm = float(clip_norm)
+        # per conditioning column, in standardised units; None: the labels are used as they are
+        self.label_jitter = (
+            tf.constant(label_jitter, dtype=tf.float32) if label_jitter is not None and np.any(label_jitter > 0) else None
+        )
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.steps = max(1, data.n_train // batch_size)
@@ -182,7 +193,7 @@ class _Compiled:
         self.train_epoch = tf.function(self._train_epoch, jit_compile=jit)
         self.eval_chunk = tf.function(self._eval_chunk, jit_compile=jit or EVAL_JIT_COMPILE, reduce_retracing=True)
 
-    def _train_epoch(self, perm: Any) -> Any:
+    def _train_epoch(self, perm: Any, noise_seed: Any) -> Any:
         import tensorflow as tf
 
         variables = self.flow.trainable_variables
@@ -191,6 +202,9 @@ class _Compiled:
         def body(i: Any, total: Any) -> tuple[Any, Any]:
             idx = perm[i * bs : (i + 1) * bs]
             z, c, w = tf.gather(self.z, idx), tf.gather(self.c, idx), tf.gather(self.w, idx)
+            if self.label_jitter is not None:
+                noise = tf.random.stateless_normal(tf.shape(c), seed=tf.stack([noise_seed, i]), dtype=c.dtype)
+                c = c + noise * self.label_jitter
             with tf.GradientTape() as tape:
                 loss = _batch_loss(self.flow, z, c, w)
                 # the loss is the members' mean NLL; times K, each member gets the gradient
@@ -240,6 +254,18 @@ class _Compiled:
         rng = np.random.default_rng([int(seed), int(epoch), 0xE90C])
         n = len(self.z)
         return rng.permutation(n)[: self.steps * self.batch_size].astype(np.int32)
+
+    @staticmethod
+    def noise_seed(seed: int, epoch: int) -> np.int32:
+        """Seed of an epoch's label jitter: the same (seed, epoch) gives the same smearing (resume)."""
+        return np.int32(np.random.default_rng([int(seed), int(epoch), 0x3177]).integers(2**31 - 1))
+
+
+def label_jitter_scale(preprocessor: Any, label_jitter: dict[str, float]) -> np.ndarray:
+    """``training.label_jitter`` (transformed label units) -> sd per conditioning column (standardised)."""
+    return np.array(
+        [float(label_jitter.get(p.name, 0.0)) / p.std for p in preprocessor.label_params], dtype=np.float32
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -399,7 +425,8 @@ def train(
     optimizer._create_all_weights(list(flow.trainable_variables))
     ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
     compiled = _Compiled(
-        flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm
+        flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm,
+        label_jitter_scale(data.preprocessor, tc.label_jitter),
     )
 
     state: dict[str, Any] = {
@@ -439,7 +466,7 @@ def train(
             epoch += 1
             perm = compiled.permutation(tc.seed, epoch)
             t0 = time.perf_counter()
-            loss = float(compiled.train_epoch(tf.constant(perm)))
+            loss = float(compiled.train_epoch(tf.constant(perm), tf.constant(compiled.noise_seed(tc.seed, epoch))))
             val_loss = compiled.validation_loss()
             seconds = time.perf_counter() - t0
             epoch_seconds.append(seconds)
