@@ -35,7 +35,7 @@ _QUANTILES = np.array([0.16, 0.25, 0.5, 0.75, 0.84])
 
 
 class GridNoiseError(ValueError):
-    """Bad input to :func:`grid_noise` (too few splits, too few events); the message says which."""
+    """Bad input to :func:`grid_noise` (e.g. fewer than one split); the message says which."""
 
 
 def _shift_and_widths(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
@@ -91,4 +91,3 @@ def grid_noise(
         {name: {key: float(rms[i, j, f]) for j, key in enumerate(keys)} for f, name in enumerate(interp.feature_names)}
         for i in range(len(points))
     ]
-

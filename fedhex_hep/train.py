@@ -261,7 +261,7 @@ class _Compiled:
         return np.int32(np.random.default_rng([int(seed), int(epoch), 0x3177]).integers(2**31 - 1))
 
 
-def label_jitter_scale(preprocessor: Any, label_jitter: dict[str, float]) -> np.ndarray:
+def _label_jitter_scale(preprocessor: Any, label_jitter: dict[str, float]) -> np.ndarray:
     """``training.label_jitter`` (transformed label units) -> sd per conditioning column (standardised)."""
     return np.array(
         [float(label_jitter.get(p.name, 0.0)) / p.std for p in preprocessor.label_params], dtype=np.float32
@@ -426,7 +426,7 @@ def train(
     ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
     compiled = _Compiled(
         flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm,
-        label_jitter_scale(data.preprocessor, tc.label_jitter),
+        _label_jitter_scale(data.preprocessor, tc.label_jitter),
     )
 
     state: dict[str, Any] = {
