@@ -239,3 +239,19 @@ def test_noise_check_adds_the_training_grids_noise_in_quadrature():
     assert not _goal_check(result(0.049), result(0.0), floor_rms)["all"]
     assert _goal_check(result(0.049), result(0.0), floor_rms, grid_rms)["all"]
     assert not _goal_check(result(0.051), result(0.0), floor_rms, grid_rms)["all"]
+
+
+def test_point_on_the_grid_edge_has_no_grid_noise_and_says_why(toy_mc, tmp_path, caplog):
+    # held out at the grid's corner (100, 1): no cell of the remaining grid brackets it, so
+    # neither morphing nor the training grid's noise exists there; the flow is still scored
+    with caplog.at_level("WARNING"):
+        report = validate(
+            load_config(), toy_mc, tmp_path / "edge", points=[[100.0, 1.0]], seeds=(1,),
+            train_fn=make_train_fn([]), generate_fn=generate_fn, folds=2, plots=False,
+        )
+    (entry,) = report["points"]
+    assert entry["grid_noise_rms"] is None and "within_noise" not in entry
+    assert entry["morph"] == {} and "within_noise_flow_seed_mean" not in report["summary"]
+    assert any("training-grid noise not measured" in r.getMessage() and "gx=100" in r.getMessage()
+               for r in caplog.records)
+    assert "training-grid noise:" not in (tmp_path / "edge" / "report.md").read_text()
