@@ -375,6 +375,14 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(choices)}{hint}")
 
 
+def _check_named(key: str, name: str, allowed: Any, what: str) -> None:
+    """A key of a free table must name an existing column (``what``: feature or label)."""
+    if name not in allowed:
+        close = difflib.get_close_matches(name, list(allowed), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key '{key}': no {what} named {name!r}{hint}")
+
+
 def _check_consistency(config: Config) -> None:
     for key in _POSITIVE:
         value = _get(config, key)
@@ -421,10 +429,7 @@ def _check_consistency(config: Config) -> None:
     for section, allowed in (("features", features), ("labels", labels)):
         for name, column in getattr(config.preprocessing, section).items():
             key = f"preprocessing.{section}.{name}"
-            if name not in allowed:
-                close = difflib.get_close_matches(name, list(allowed), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"config key '{key}': no {section[:-1]} named {name!r}{hint}")
+            _check_named(key, name, allowed, section[:-1])
             _check_choice(f"{key}.transform", column.transform, _CHOICES["transform"])
             if column.relative_to and column.relative_to not in labels:
                 raise ConfigError(f"config key '{key}.relative_to': {column.relative_to!r} is not a label")
@@ -440,17 +445,11 @@ def _check_consistency(config: Config) -> None:
             )
     for name, sd in config.training.label_jitter.items():
         key = f"training.label_jitter.{name}"
-        if name not in labels:
-            close = difflib.get_close_matches(name, list(labels), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"config key '{key}': no label named {name!r}{hint}")
+        _check_named(key, name, labels, "label")
         if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not math.isfinite(sd) or sd < 0:
             raise ConfigError(f"config key '{key}' must be a finite number >= 0, got {sd!r}")
     for name, bounds in config.generation.ranges.items():
         key = f"generation.ranges.{name}"
-        if name not in features:
-            close = difflib.get_close_matches(name, list(features), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"config key '{key}': no feature named {name!r}{hint}")
+        _check_named(key, name, features, "feature")
         if len(bounds) != 2 or not bounds[0] < bounds[1]:
             raise ConfigError(f"config key '{key}' must be [min, max] with min < max, got {bounds!r}")

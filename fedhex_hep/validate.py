@@ -524,6 +524,18 @@ def _rows(entry: dict[str, Any], names_f: Sequence[str]) -> list[tuple[str, dict
     return rows
 
 
+def _noise_row(label: str, n: str, noise: dict[str, dict[str, float]], names_f: Sequence[str]) -> str:
+    """A per-point table row of +- noise levels (median shift, widths) per feature."""
+    row = f"| {label} | {n} | - | - |"
+    for f in names_f:
+        m = noise[f]
+        row += (
+            f" ±{100 * m['median_shift']:.2f}% | ±{100 * m['width_error_68']:.2f}% "
+            f"| ±{100 * m['width_error_iqr']:.2f}% | - | - | - |"
+        )
+    return row
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The validation report as markdown: summary, then one table per held-out point."""
     names_f, names_l = report["feature_names"], report["label_names"]
@@ -598,23 +610,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 )
             lines.append(row)
         if e.get("floor_rms"):
-            row = f"| statistical floor: rms over {FLOOR_SPLITS} half-splits | {e['n_compare']} | - | - |"
-            for f in names_f:
-                m = e["floor_rms"][f]
-                row += (
-                    f" ±{100 * m['median_shift']:.2f}% | ±{100 * m['width_error_68']:.2f}% "
-                    f"| ±{100 * m['width_error_iqr']:.2f}% | - | - | - |"
-                )
-            lines.append(row)
+            label = f"statistical floor: rms over {FLOOR_SPLITS} half-splits"
+            lines.append(_noise_row(label, str(e["n_compare"]), e["floor_rms"], names_f))
         if e.get("grid_noise_rms"):
-            row = f"| training-grid noise: quantile interpolation, rms over {GRID_NOISE_SPLITS} half-grid splits / 2 | - | - | - |"
-            for f in names_f:
-                m = e["grid_noise_rms"][f]
-                row += (
-                    f" ±{100 * m['median_shift']:.2f}% | ±{100 * m['width_error_68']:.2f}% "
-                    f"| ±{100 * m['width_error_iqr']:.2f}% | - | - | - |"
-                )
-            lines.append(row)
+            label = f"training-grid noise: quantile interpolation, rms over {GRID_NOISE_SPLITS} half-grid splits / 2"
+            lines.append(_noise_row(label, "-", e["grid_noise_rms"], names_f))
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]
     return "\n".join(lines) + "\n"
