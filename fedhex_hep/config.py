@@ -446,7 +446,7 @@ def _check_consistency(config: Config) -> None:
     for name, sd in config.training.label_jitter.items():
         key = f"training.label_jitter.{name}"
         _check_named(key, name, labels, "label")
-        if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not math.isfinite(sd) or sd < 0:
+        if not math.isfinite(sd) or sd < 0:  # a number already: _coerce checked the type
             raise ConfigError(f"config key '{key}' must be a finite number >= 0, got {sd!r}")
     for name, bounds in config.generation.ranges.items():
         key = f"generation.ranges.{name}"

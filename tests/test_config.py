@@ -38,6 +38,11 @@ def test_defaults_match_reference_analysis():
         ({"generation.labels": [[1.0]]}, "'generation.labels[0]' has 1 values, expected 2"),
         ({"training.validation_fraction": 1.5}, "'training.validation_fraction' must be in [0, 1)"),
         ({"preprocessing.features.phi.relative_to": "nolabel"}, "'nolabel' is not a label"),
+        ({"training.label_jitter": {"labelph": 0.1}}, "no label named 'labelph' (did you mean 'labelphi'?)"),
+        ({"training.label_jitter": {"labelphi": -0.1}}, "'training.label_jitter.labelphi' must be a finite number >= 0"),
+        ({"training.label_jitter": {"labelphi": float("nan")}}, "'training.label_jitter.labelphi' must be a finite"),
+        ({"training.label_jitter": {"labelphi": "10%"}}, "'training.label_jitter.labelphi' must be a number, got str"),
+        ({"training.label_jitter": {"labelphi": True}}, "'training.label_jitter.labelphi' must be a number, got bool"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
