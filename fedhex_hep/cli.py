@@ -383,6 +383,10 @@ def validate_cmd(
         Optional[int], typer.Option(min=1, help="Cap the compared sample size per point (faster classifier test).")
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write per-point overlays and the AUC map.")] = True,
+    flow_events: Annotated[
+        int,
+        typer.Option(min=1, help="Flow events generated per point and seed; its median shifts and widths are measured on all of them."),
+    ] = 200_000,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Leave-one-out closure: flow vs moment morphing vs the statistical floor at held-out points."""
@@ -405,6 +409,7 @@ def validate_cmd(
         holdout=holdout,
         max_events=max_events,
         plots=plots,
+        flow_events=flow_events,
         overwrite=overwrite,
     )
     typer.echo(f"report written to {outdir} ({len(report.get('points', []))} held-out points)")
