@@ -76,6 +76,12 @@ def test_user_feature_table_replaces_default_and_drops_default_preprocessing():
     assert cfg.feature_names == ["mass"]
     assert cfg.label_names == ["m"]
     assert cfg.preprocessing.features == {}
+    # the default smearing of m_Phi names a label of the reference analysis: dropped with its names
+    assert load_config().training.label_jitter == {"labelphi": 0.1}
+    assert cfg.training.label_jitter == {}
+    own = config_from_dict({"input": {"labels": {"m": "mass_point"}}, "training": {"label_jitter": {"m": 0.2}}})
+    assert own.training.label_jitter == {"m": 0.2}
+    assert load_config(overrides=dict([parse_override("training.label_jitter={}")])).training.label_jitter == {}
 
 
 def test_dotted_override_changes_one_entry_of_a_named_table(tmp_path):
