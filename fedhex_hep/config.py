@@ -257,11 +257,10 @@ def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
         merged = _merge(_defaults_dict(), data, ())
         names_changed = any(k in data.get("input", {}) for k in ("features", "labels"))
         if names_changed:
-            # Default per-column preprocessing and label smearing name the reference analysis's
-            # columns only.
-            for section in ("features", "labels"):
-                merged["preprocessing"][section] = copy.deepcopy(data.get("preprocessing", {}).get(section, {}))
-            merged["training"]["label_jitter"] = copy.deepcopy(data.get("training", {}).get("label_jitter", {}))
+            # Every default table keyed by column names (per-column preprocessing, label smearing,
+            # ranges) names the reference analysis's columns only: the user's own table, or none.
+            for section, table in _FREE_TABLES - {("input", "features"), ("input", "labels")}:
+                merged[section][table] = copy.deepcopy(data.get(section, {}).get(table, {}))
         if names_changed and "labels" not in data.get("generation", {}):
             # Default generation points have one value per reference-analysis label.
             merged["generation"]["labels"] = []
