@@ -501,7 +501,8 @@ def train(
                 _write_checkpoint(ckpt, ckpt_dir / f"epoch-{epoch:04d}", state)
             # `last` is written after the others: it is the point a resume continues from.
             _write_checkpoint(ckpt, ckpt_dir / "last", state)
-            info = f"loss {loss:.4f}  val {val_loss:.4f}  {compiled.steps * batch_size / seconds:,.0f} ev/s"
+            val_info = f"  val {val_loss:.4f}" if use_val else ""
+            info = f"loss {loss:.4f}{val_info}  {compiled.steps * batch_size / seconds:,.0f} ev/s"
             log.info("epoch %d/%d: %s", epoch, tc.epochs, info)
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=epoch, info=info)

@@ -384,3 +384,17 @@ def test_label_jitter_smears_only_the_named_label_by_the_asked_sd(tmp_path: Path
     train(fs, cfg, tmp_path / "again", progress=False)
     for a, b in zip(_final_weights(tmp_path / "jitter"), _final_weights(tmp_path / "again")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_epoch_log_shows_the_validation_loss_only_when_there_is_a_split(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    fs = toy_featureset(n=600)
+    for fraction, name in ((0.2, "split"), (0.0, "nosplit")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="fedhex_hep.train"):
+            train(fs, toy_config(**{"training.validation_fraction": fraction, "training.epochs": 2,
+                                    "training.decay_epochs": 2}), tmp_path / name, progress=False)
+        epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+        assert len(epochs) == 2
+        assert all(("  val " in m) == (fraction > 0) for m in epochs), epochs
+        assert not any("nan" in m for m in epochs), epochs
