@@ -405,7 +405,8 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("config key 'training.final_learning_rate' must not exceed 'training.learning_rate'")
     if config.model.spline_blocks > config.model.n_blocks:
         raise ConfigError(
-            f"config key 'model.spline_blocks' = {config.model.spline_blocks} exceeds 'model.n_blocks' = {config.model.n_blocks}"
+            f"config key 'model.spline_blocks' = {config.model.spline_blocks} exceeds 'model.n_blocks' = "
+            f"{config.model.n_blocks}; with fewer blocks, set 'model.spline_blocks' (default 2) as well"
         )
     if not config.model.hidden_units or any(u <= 0 for u in config.model.hidden_units):
         raise ConfigError("config key 'model.hidden_units' must be a non-empty list of positive integers")

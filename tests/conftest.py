@@ -46,6 +46,7 @@ def tiny_config():
         overrides={
             "input.paths": [str(REPO / "data" / "demo")],
             "model.n_blocks": 2,
+            "model.spline_blocks": 0,
             "model.hidden_units": [16, 16],
             "model.ensemble": 1,
             "training.epochs": 3,

@@ -30,6 +30,7 @@ def test_defaults_match_reference_analysis():
         ({"model.kind": "splin"}, "'model.kind' = 'splin' is not one of maf, spline (did you mean 'spline'?)"),
         ({"input.features": {}}, "'input.features' is empty"),
         ({"model.spline_blocks": 6}, "'model.spline_blocks' = 6 exceeds 'model.n_blocks' = 5"),
+        ({"model.n_blocks": 1}, "'model.spline_blocks' = 2 exceeds 'model.n_blocks' = 1; with fewer blocks, set 'model.spline_blocks' (default 2) as well"),
         ({"model.spline_blocks": -1}, "'model.spline_blocks' must be >= 0, got -1"),
         ({"model.base_components": 0}, "'model.base_components' must be > 0, got 0"),
         ({"input.paths": "data"}, "'input.paths' must be a list"),

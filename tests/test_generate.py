@@ -101,6 +101,7 @@ def test_demo_grid_closure_at_grid_points(demo_dir: Path, tmp_path: Path) -> Non
         overrides={
             "input.paths": [str(demo_dir)],
             "model.n_blocks": 3,
+            "model.spline_blocks": 0,
             "model.hidden_units": [32, 32],
             "model.ensemble": 1,
             "training.epochs": 20,

@@ -10,6 +10,7 @@ import pytest
 
 TINY = [
     "--set", "model.n_blocks=2",
+    "--set", "model.spline_blocks=0",
     "--set", "model.hidden_units=[16, 16]",
     "--set", "training.checkpoint_every=1",
     "--set", "training.decay_epochs=2",

@@ -43,7 +43,7 @@ def model_dir(tmp_path_factory) -> Path:
     cfg = config_from_dict(
         {
             "input": {"features": {f: f for f in FEATURES}, "labels": {lab: lab for lab in LABELS}},
-            "model": {"n_blocks": 1, "hidden_units": [8], "ensemble": 1},
+            "model": {"n_blocks": 1, "spline_blocks": 0, "hidden_units": [8], "ensemble": 1},
             "training": {"epochs": 2, "decay_epochs": 2, "checkpoint_every": 1, "patience": 0, "batch_size": 256},
         }
     )

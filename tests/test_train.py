@@ -52,6 +52,7 @@ def toy_config(**overrides: object) -> Config:
         "preprocessing.labels": {"gphi": {"transform": "log"}, "gomega": {"transform": "log"}},
         "input.min_events_per_label": 0,
         "model.n_blocks": 2,
+        "model.spline_blocks": 0,
         "model.hidden_units": [16, 16],
         "model.ensemble": 1,
         "training.epochs": 4,

@@ -296,7 +296,7 @@ def test_validate_from_the_cli_measures_shifts_on_flow_events(tmp_path, repo_roo
     feats = labels * np.exp(rng.normal(0.0, [0.03, 0.08], size=labels.shape))
     mc = tmp_path / "mc.parquet"
     FeatureSet.from_numpy(feats, labels, ["phi", "omega"], ["labelphi", "labelomega"]).save(mc)
-    tiny = ["--set", "model.ensemble=1", "--set", "model.n_blocks=1", "--set", "model.hidden_units=[8, 8]",
+    tiny = ["--set", "model.ensemble=1", "--set", "model.n_blocks=1", "--set", "model.spline_blocks=0", "--set", "model.hidden_units=[8, 8]",
             "--set", "training.epochs=1", "--set", "training.decay_epochs=1", "--set", "training.checkpoint_every=1"]
     cmd = [sys.executable, "-m", "fedhex_hep.cli", "validate", str(mc), "--label", "1500,5", "--seeds", "1",
            "--flow-events", "5000", "--no-plots", "-o", str(tmp_path / "val"), *tiny]
