@@ -406,7 +406,8 @@ def _check_consistency(config: Config) -> None:
     if config.model.spline_blocks > config.model.n_blocks:
         raise ConfigError(
             f"config key 'model.spline_blocks' = {config.model.spline_blocks} exceeds 'model.n_blocks' = "
-            f"{config.model.n_blocks}; with fewer blocks, set 'model.spline_blocks' (default 2) as well"
+            f"{config.model.n_blocks}; with fewer blocks, set 'model.spline_blocks' "
+            f"(default {_defaults_dict()['model']['spline_blocks']}) as well"
         )
     if not config.model.hidden_units or any(u <= 0 for u in config.model.hidden_units):
         raise ConfigError("config key 'model.hidden_units' must be a non-empty list of positive integers")
