@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The small flow that tests of the mechanics train: two affine blocks of [16, 16]. The default's
+#: two spline blocks are switched off: they need n_blocks >= 2 and take 2-3x the training time, and
+#: these tests check plumbing, not fidelity. Tests override single keys as they need.
+TINY_MODEL: dict[str, object] = {"model.n_blocks": 2, "model.spline_blocks": 0, "model.hidden_units": [16, 16]}
+
+
+def set_options(overrides: Mapping[str, object]) -> list[str]:
+    """The same overrides as the CLI's repeatable ``--set key=value`` options (values in TOML)."""
+    return [option for key, value in overrides.items() for option in ("--set", f"{key}={json.dumps(value)}")]
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +57,7 @@ def tiny_config():
     return load_config(
         overrides={
             "input.paths": [str(REPO / "data" / "demo")],
-            "model.n_blocks": 2,
-            "model.spline_blocks": 0,
-            "model.hidden_units": [16, 16],
+            **TINY_MODEL,
             "model.ensemble": 1,
             "training.epochs": 3,
             "training.decay_epochs": 3,

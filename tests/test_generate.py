@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+from conftest import TINY_MODEL  # noqa: E402
 from fedhex_hep.generate import GenerationError, generate  # noqa: E402
 from fedhex_hep.model_io import TrainedModel, load_model  # noqa: E402
 from fedhex_hep.train import train  # noqa: E402
@@ -100,8 +101,8 @@ def test_demo_grid_closure_at_grid_points(demo_dir: Path, tmp_path: Path) -> Non
     cfg = load_config(
         overrides={
             "input.paths": [str(demo_dir)],
+            **TINY_MODEL,
             "model.n_blocks": 3,
-            "model.spline_blocks": 0,
             "model.hidden_units": [32, 32],
             "model.ensemble": 1,
             "training.epochs": 20,

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_MODEL, set_options
 
+# the default ensemble of 3 flows stays: the chain is checked with a mixture
 TINY = [
-    "--set", "model.n_blocks=2",
-    "--set", "model.spline_blocks=0",
-    "--set", "model.hidden_units=[16, 16]",
+    *set_options(TINY_MODEL),
     "--set", "training.checkpoint_every=1",
     "--set", "training.decay_epochs=2",
     "--set", "generation.n_events=3000",

@@ -17,6 +17,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from conftest import TINY_MODEL  # noqa: E402
 from fedhex_hep.atomic import OutputError  # noqa: E402
 from fedhex_hep.config import Config, load_config  # noqa: E402
 from fedhex_hep.dataset import prepare  # noqa: E402
@@ -51,9 +52,7 @@ def toy_config(**overrides: object) -> Config:
         },
         "preprocessing.labels": {"gphi": {"transform": "log"}, "gomega": {"transform": "log"}},
         "input.min_events_per_label": 0,
-        "model.n_blocks": 2,
-        "model.spline_blocks": 0,
-        "model.hidden_units": [16, 16],
+        **TINY_MODEL,
         "model.ensemble": 1,
         "training.epochs": 4,
         "training.decay_epochs": 4,

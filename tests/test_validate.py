@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL, set_options
 
 from fedhex_hep.config import load_config
 from fedhex_hep.featureset import FeatureSet
@@ -296,8 +297,8 @@ def test_validate_from_the_cli_measures_shifts_on_flow_events(tmp_path, repo_roo
     feats = labels * np.exp(rng.normal(0.0, [0.03, 0.08], size=labels.shape))
     mc = tmp_path / "mc.parquet"
     FeatureSet.from_numpy(feats, labels, ["phi", "omega"], ["labelphi", "labelomega"]).save(mc)
-    tiny = ["--set", "model.ensemble=1", "--set", "model.n_blocks=1", "--set", "model.spline_blocks=0", "--set", "model.hidden_units=[8, 8]",
-            "--set", "training.epochs=1", "--set", "training.decay_epochs=1", "--set", "training.checkpoint_every=1"]
+    tiny = set_options({**TINY_MODEL, "model.ensemble": 1, "model.n_blocks": 1, "model.hidden_units": [8, 8],
+                        "training.epochs": 1, "training.decay_epochs": 1, "training.checkpoint_every": 1})
     cmd = [sys.executable, "-m", "fedhex_hep.cli", "validate", str(mc), "--label", "1500,5", "--seeds", "1",
            "--flow-events", "5000", "--no-plots", "-o", str(tmp_path / "val"), *tiny]
     result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
