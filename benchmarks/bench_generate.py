@@ -83,10 +83,14 @@ def run(ns: tuple[int, ...] = (1_000_000, 10_000_000), batch_size: int = 100_000
                 capture_output=True, text=True, env=env, check=True,
             )
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_train import spline_note
+
     from fedhex_hep.config import load_config
 
     model = load_config().model
-    architecture = f"{kind} {model.n_blocks} blocks x {model.hidden_units}, mixture of {model.ensemble}"
+    splines = spline_note(model) if kind == "maf" else ""
+    architecture = f"{kind} {model.n_blocks} blocks x {model.hidden_units}{splines}, mixture of {model.ensemble}"
     return {"kind": kind, "architecture": architecture, "batch_size": batch_size, "cpus": os.cpu_count(), "xla": jit,
             "results": results}
 

@@ -47,6 +47,11 @@ def toy_featureset(n: int, seed: int = 0) -> Any:
     return FeatureSet.from_numpy(features, labels, ["mphi", "momega"], ["gphi", "gomega"])
 
 
+def spline_note(model: Any) -> str:
+    """", k of them splines" for a maf whose first k blocks are splines (the packaged default)."""
+    return f", {model.spline_blocks} of them splines" if model.kind == "maf" and model.spline_blocks else ""
+
+
 def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str = "maf", ensemble: int = 1) -> Any:
     """Config of the benchmark flow; ``ensemble`` = 1: the training comparison is per flow."""
     from fedhex_hep.config import load_config
@@ -194,7 +199,7 @@ def run(events: int = 50000, epochs: int = 20, blocks: int = 5, units: int = 64,
     return {
         "events_train": n_train,
         "epochs": epochs,
-        "architecture": f"{kind} {blocks} blocks x [{units}, {units}], batch {batch_size}",
+        "architecture": f"{kind} {blocks} blocks x [{units}, {units}]{spline_note(cfg.model)}, batch {batch_size}",
         "intra_op_threads_both_sides": threads,
         "ours_events_per_s_per_epoch": ours_steady,
         "keras_fit_events_per_s_per_epoch": keras_steady,
