@@ -55,9 +55,10 @@ print(json.dumps({"n": n, "wall_s": wall, "events_per_s": n / wall, "rss_before_
 """
 
 
-def _train_model(model_dir: Path, kind: str) -> None:
+def _train_model(model_dir: Path, kind: str) -> str:
+    """Train the benchmark model into ``model_dir``; returns its architecture, as the tables name it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_train import toy_config, toy_featureset
+    from bench_train import spline_note, toy_config, toy_featureset
 
     from fedhex_hep.config import load_config
     from fedhex_hep.train import train
@@ -65,6 +66,8 @@ def _train_model(model_dir: Path, kind: str) -> None:
     defaults = load_config()  # the packaged default architecture, mixture size included
     cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind, defaults.model.ensemble)
     train(toy_featureset(20000), cfg, model_dir, progress=False)
+    m = cfg.model
+    return f"{m.kind} {m.n_blocks} blocks x {m.hidden_units}{spline_note(m)}, mixture of {m.ensemble}"
 
 
 def run(ns: tuple[int, ...] = (1_000_000, 10_000_000), batch_size: int = 100_000, kind: str = "maf",
@@ -73,7 +76,7 @@ def run(ns: tuple[int, ...] = (1_000_000, 10_000_000), batch_size: int = 100_000
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        _train_model(model_dir, kind)
+        architecture = _train_model(model_dir, kind)
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
         if threads:
             env["TF_NUM_INTRAOP_THREADS"] = str(threads)
@@ -83,14 +86,6 @@ def run(ns: tuple[int, ...] = (1_000_000, 10_000_000), batch_size: int = 100_000
                 capture_output=True, text=True, env=env, check=True,
             )
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_train import spline_note
-
-    from fedhex_hep.config import load_config
-
-    model = load_config().model
-    splines = spline_note(model) if kind == "maf" else ""
-    architecture = f"{kind} {model.n_blocks} blocks x {model.hidden_units}{splines}, mixture of {model.ensemble}"
     return {"kind": kind, "architecture": architecture, "batch_size": batch_size, "cpus": os.cpu_count(), "xla": jit,
             "results": results}
 
