@@ -235,3 +235,16 @@ def test_mixture_base_samples_follow_its_density_and_its_weights_depend_on_the_l
     assert stats.kstest(u, lambda x: np.sum(w * stats.norm.cdf((np.asarray(x)[:, None] - m) / s), axis=1)).pvalue > 1e-3
     other = flow.base_parameters(tf.constant([[-1.5]], tf.float32))[0].numpy()[0]
     assert np.max(np.abs(softmax(other) - w)) > 1e-3
+
+
+def test_ensemble_samples_keep_each_row_at_its_own_labels() -> None:
+    """The ensemble samples each member on a shuffled share of the rows and puts the draws
+    back in row order: rows drawn at labels -3 and +3 (interleaved, n not a multiple of K) must
+    be more likely under their own labels than under the other ones."""
+    flow = build_flow(ModelConfig(kind="maf", n_blocks=2, hidden_units=[16, 16], ensemble=3), 2, 1, seed=3)
+    n = 20002
+    c = np.where(np.arange(n)[:, None] % 2 == 0, -3.0, 3.0).astype(np.float32)
+    z = flow.sample(c, seed=1)
+    assert z.shape == (n, 2) and np.all(np.isfinite(z))
+    gain = flow.log_prob(z, c).numpy().astype(np.float64) - flow.log_prob(z, -c).numpy().astype(np.float64)
+    assert gain.mean() > 5 * gain.std() / np.sqrt(n)
