@@ -322,9 +322,10 @@ class EnsembleFlow(_FlowBase):
     Each member is trained on its own likelihood (``training_log_prob`` is the mean of the
     members' log-densities, whose gradient is each member's own), so the members differ only by
     their initial weights and make independent fits; the model is their mixture:
-    ``log_prob`` = log(mean_k p_k), and ``sample`` draws each row from one member, each member
-    taking an equal share of the rows at random positions. Averaging independent fits cancels part of each fit's error; the members' spread
-    is a model-uncertainty estimate. Same interface as ConditionalFlow.
+    ``log_prob`` = log(mean_k p_k), and ``sample`` draws each row from one member (each takes an
+    equal share of the rows, at random positions). Averaging independent fits cancels part of
+    each fit's error; the members' spread is a model-uncertainty estimate. Same interface as
+    ConditionalFlow.
     """
 
     def __init__(self, model: ModelConfig, n_features: int, n_labels: int, seed: int = 0) -> None:
@@ -364,27 +365,23 @@ class EnsembleFlow(_FlowBase):
         return tf.reduce_mean(self.member_log_probs(z, c), axis=0)
 
     def _sample_graph(self, c: Any, seed: Any) -> Any:
-        # Each member samples only its own share of the rows (n // K, or one more), at rows
-        # picked by a random permutation: every row is a draw from the mixture, at 1/K of the
-        # cost of drawing all K members for every row and keeping one (measured in
-        # benchmarks/bench_generate.py). The shares are fixed rather than multinomial, which
-        # only removes the noise of the member counts. Shapes derive from c's static shape
-        # under XLA, so each batch size compiles once.
+        # Each member samples its own equal share of the rows (q = n // K), at positions picked
+        # by a random permutation, instead of drawing every member for every row and keeping
+        # one (K times the cost; benchmarks/bench_generate.py). The n - K q < K rows left over
+        # are drawn the old way, from a member picked at random per row, so every row is a
+        # draw from the mixture also for n < K. Shapes derive from c's static shape under XLA:
+        # each batch size compiles once.
         n = tf.shape(c)[0]
         k = len(self.members)
-        order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.random.experimental.stateless_fold_in(seed, k)))
+        q = n // k
+        fold = tf.random.experimental.stateless_fold_in
+        order = tf.argsort(tf.random.stateless_uniform([n], seed=fold(seed, k)))
         shuffled = tf.gather(c, order)
-        sizes = [n // k + tf.cast(i < n % k, tf.int32) for i in range(k)]
-        starts = [0]
-        for size in sizes[:-1]:
-            starts.append(starts[-1] + size)
-        draws = tf.concat(
-            [
-                m._sample_graph(shuffled[start : start + size], tf.random.experimental.stateless_fold_in(seed, i))
-                for i, (m, start, size) in enumerate(zip(self.members, starts, sizes))
-            ],
-            axis=0,
-        )
+        shares = [m._sample_graph(shuffled[i * q : (i + 1) * q], fold(seed, i)) for i, m in enumerate(self.members)]
+        rest = shuffled[k * q :]
+        rest_draws = tf.stack([m._sample_graph(rest, fold(seed, k + 1 + i)) for i, m in enumerate(self.members)], axis=1)
+        pick = tf.random.stateless_uniform([n - k * q], seed=fold(seed, 2 * k + 1), minval=0, maxval=k, dtype=tf.int32)
+        draws = tf.concat([*shares, tf.gather(rest_draws, pick[:, None], batch_dims=1)[:, 0]], axis=0)
         return tf.gather(draws, tf.argsort(order))
 
 

@@ -248,3 +248,23 @@ def test_ensemble_samples_keep_each_row_at_its_own_labels() -> None:
     assert z.shape == (n, 2) and np.all(np.isfinite(z))
     gain = flow.log_prob(z, c).numpy().astype(np.float64) - flow.log_prob(z, -c).numpy().astype(np.float64)
     assert gain.mean() > 5 * gain.std() / np.sqrt(n)
+
+
+def test_ensemble_single_rows_are_drawn_from_the_whole_mixture() -> None:
+    """With fewer rows than members (here one per call) every row is still a mixture draw,
+    not always the first member's."""
+    from scipy import stats
+
+    flow = _ensemble("maf", k=3, F=1, L=1)
+    c = np.full((1, 1), 0.5, np.float32)
+    x = np.concatenate([flow.sample(c, seed=s)[:, 0] for s in range(3000)])
+    grid = np.linspace(x.min() - 3, x.max() + 3, 20001).astype(np.float32)
+    cg = np.full((len(grid), 1), 0.5, np.float32)
+
+    def cdf(f):
+        d = np.exp(f.log_prob(grid[:, None], cg).numpy().astype(np.float64))
+        c = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(grid))])
+        return lambda v: np.interp(v, grid, c / c[-1])
+
+    assert stats.kstest(x, cdf(flow)).pvalue > 1e-3
+    assert stats.kstest(x, cdf(flow.members[0])).pvalue < 1e-3
