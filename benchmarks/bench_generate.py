@@ -58,7 +58,7 @@ print(json.dumps({"n": n, "wall_s": wall, "events_per_s": n / wall, "rss_before_
 def _train_model(model_dir: Path, kind: str) -> str:
     """Train the benchmark model into ``model_dir``; returns its architecture, as the tables name it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_train import spline_note, toy_config, toy_featureset
+    from bench_train import architecture, toy_config, toy_featureset
 
     from fedhex_hep.config import load_config
     from fedhex_hep.train import train
@@ -66,8 +66,7 @@ def _train_model(model_dir: Path, kind: str) -> str:
     defaults = load_config()  # the packaged default architecture, mixture size included
     cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind, defaults.model.ensemble)
     train(toy_featureset(20000), cfg, model_dir, progress=False)
-    m = cfg.model
-    return f"{m.kind} {m.n_blocks} blocks x {m.hidden_units}{spline_note(m)}, mixture of {m.ensemble}"
+    return f"{architecture(cfg.model)}, mixture of {cfg.model.ensemble}"
 
 
 def run(ns: tuple[int, ...] = (1_000_000, 10_000_000), batch_size: int = 100_000, kind: str = "maf",

@@ -47,9 +47,11 @@ def toy_featureset(n: int, seed: int = 0) -> Any:
     return FeatureSet.from_numpy(features, labels, ["mphi", "momega"], ["gphi", "gomega"])
 
 
-def spline_note(model: Any) -> str:
-    """", k of them splines" for a maf whose first k blocks are splines (the packaged default)."""
-    return f", {model.spline_blocks} of them splines" if model.kind == "maf" and model.spline_blocks else ""
+def architecture(model: Any) -> str:
+    """The flow's architecture as the result tables name it, e.g. "maf 5 blocks x [64, 64], 2 of
+    them splines" (the spline note for a maf whose first blocks are splines)."""
+    splines = f", {model.spline_blocks} of them splines" if model.kind == "maf" and model.spline_blocks else ""
+    return f"{model.kind} {model.n_blocks} blocks x {list(model.hidden_units)}{splines}"
 
 
 def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str = "maf", ensemble: int = 1) -> Any:
@@ -199,7 +201,7 @@ def run(events: int = 50000, epochs: int = 20, blocks: int = 5, units: int = 64,
     return {
         "events_train": n_train,
         "epochs": epochs,
-        "architecture": f"{kind} {blocks} blocks x [{units}, {units}]{spline_note(cfg.model)}, batch {batch_size}",
+        "architecture": f"{architecture(cfg.model)}, batch {batch_size}",
         "intra_op_threads_both_sides": threads,
         "ours_events_per_s_per_epoch": ours_steady,
         "keras_fit_events_per_s_per_epoch": keras_steady,
