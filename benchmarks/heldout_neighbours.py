@@ -58,6 +58,8 @@ def neighbours(point: np.ndarray, grid: np.ndarray) -> list[np.ndarray]:
     found = []
     for k, axis in enumerate(axes):
         i = int(np.searchsorted(axis, point[k]))
+        if i == len(axis) or not np.isclose(axis[i], point[k]):
+            raise KeyError(f"{tuple(float(v) for v in point)} is not on the grid's label axis {k}")
         for j in (i - 1, i + 1):
             if not 0 <= j < len(axis):
                 raise KeyError(f"{tuple(float(v) for v in point)} has no neighbour on the grid's label axis {k}")
@@ -65,6 +67,11 @@ def neighbours(point: np.ndarray, grid: np.ndarray) -> list[np.ndarray]:
             q[k] = axis[j]
             found.append(q)
     return found
+
+
+def rms(x: np.ndarray) -> float:
+    """Root mean square (the mean included, unlike a standard deviation)."""
+    return float(np.sqrt(np.mean(np.square(x))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     err, dev = np.ravel(flow_errors), np.ravel(grid_deviations)
     slope = np.polyfit(dev, err, 1)[0]
     print()
-    print(f"flow vs truth over {err.size} widths: mean {err.mean():+.2f}%, rms {np.sqrt(np.mean(err**2)):.2f}%")
-    print(f"neighbours' grid vs truth: mean {dev.mean():+.2f}%, rms {np.sqrt(np.mean(dev**2)):.2f}%")
+    print(f"flow vs truth over {err.size} widths: mean {err.mean():+.2f}%, rms {rms(err):.2f}%")
+    print(f"neighbours' grid vs truth: mean {dev.mean():+.2f}%, rms {rms(dev):.2f}%")
     print(f"correlation {np.corrcoef(dev, err)[0, 1]:.2f}, slope of the flow's error on the neighbours' {slope:.2f}")
     rest = err - slope * dev
-    print(f"flow error left after that fit: mean {rest.mean():+.2f}%, rms {rest.std():.2f}%")
+    print(f"flow error left after that fit: mean {rest.mean():+.2f}%, rms {rms(rest):.2f}%")
     return 0
 
 
