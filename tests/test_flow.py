@@ -265,3 +265,43 @@ def test_ensemble_single_rows_are_drawn_from_the_whole_mixture() -> None:
     grid = np.linspace(x.min() - 3, x.max() + 3, 20001).astype(np.float32)
     assert stats.kstest(x, _cdf_1d(flow, grid, 0.5)[0]).pvalue > 1e-3
     assert stats.kstest(x, _cdf_1d(flow.members[0], grid, 0.5)[0]).pvalue < 1e-3
+
+
+def test_fused_spline_inverse_equals_tfp_spline_values_and_gradients() -> None:
+    """Training's spline inverse (one-hot bin lookup, XLA) gives TFP's RationalQuadraticSpline
+    inverse and inverse log-det, and the same gradients, inside the range, outside it (the
+    identity) and exactly on knots."""
+    import tensorflow_probability as tfp
+
+    from fedhex_hep.flow import _SPLINE_INVERSE, _spline_parameters
+
+    rng = np.random.default_rng(11)
+    n, F, bins, half = 512, 2, 8, 4.0
+    params = tf.Variable(rng.normal(size=(n, F, 3 * bins - 1)).astype(np.float32))
+    y = rng.normal(scale=2.5, size=(n, F)).astype(np.float32)
+    y[:20] = rng.choice([-9.0, -4.0, 4.0, 7.5], size=(20, F))  # outside or on the range's ends
+    widths, heights, slopes = (t.numpy() for t in _spline_parameters(params, bins, half))
+    knots_y = -half + np.concatenate([np.zeros((n, F, 1)), np.cumsum(heights, axis=-1)], axis=-1)
+    y[20:40, 0] = knots_y[20:40, 0, 3]  # exactly on an inner knot
+    y = tf.constant(y)
+    with tf.GradientTape(persistent=True) as tape:
+        x, log_det = _SPLINE_INVERSE(params, y, bins, half)
+        spline = tfp.bijectors.RationalQuadraticSpline(*_spline_parameters(params, bins, half), range_min=-half)
+        x_tfp = spline.inverse(y)
+        log_det_tfp = spline.inverse_log_det_jacobian(y, event_ndims=0)
+        ours = tf.reduce_sum(log_det) + tf.reduce_sum(tf.sin(x))
+        theirs = tf.reduce_sum(log_det_tfp) + tf.reduce_sum(tf.sin(x_tfp))
+    np.testing.assert_allclose(x.numpy(), x_tfp.numpy(), rtol=1e-5, atol=1e-5)
+    # atol: at the range's ends TFP takes the log-det from a second lookup at x, which float
+    # rounding can put just inside the range, where the slope is 1 (|log-det| ~1e-4)
+    np.testing.assert_allclose(log_det.numpy(), log_det_tfp.numpy(), rtol=1e-4, atol=5e-4)
+    outside = np.abs(y.numpy()) > half + 0.01  # the ends themselves are knots, up to rounding
+    assert outside.sum() > 10
+    np.testing.assert_array_equal(x.numpy()[outside], y.numpy()[outside])
+    np.testing.assert_array_equal(log_det.numpy()[outside], 0.0)
+    # gradients away from the knots: at a knot the log-det's gradient with respect to the
+    # parameters depends on which of the two bins holds the point (its value does not), and
+    # TFP's second lookup, at x, may pick the other one
+    grad, grad_tfp = tape.gradient(ours, params).numpy(), tape.gradient(theirs, params).numpy()
+    away = np.r_[0:20, 40:n]
+    np.testing.assert_allclose(grad[away], grad_tfp[away], rtol=1e-3, atol=1e-3 * np.abs(grad_tfp).max())
