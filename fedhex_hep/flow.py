@@ -426,8 +426,8 @@ def _spline_inverse_and_log_det(params: Any, y: Any, n_bins: int, half: float) -
     computed differently for speed in training, the normalising direction: TFP finds a point's
     bin with ``searchsorted`` and six batched gathers (whose gradients are scatters), and the
     log-det from a second lookup at the inverted point. Here a one-hot comparison with the
-    8-32 knots finds the bin once (a monotone spline maps a bin onto a bin), and XLA fuses the
-    few hundred small operations of the block and their gradients (``_SPLINE_INVERSE``).
+    n_bins + 1 knots finds the bin once (a monotone spline maps a bin onto a bin), and XLA fuses
+    the few hundred small operations of the block and their gradients (``_SPLINE_INVERSE``).
     """
     bin_widths, bin_heights, knot_slopes = _spline_parameters(params, n_bins, half)
     kx = _knots(bin_widths, -half)
