@@ -273,17 +273,15 @@ def test_fused_spline_inverse_equals_tfp_spline_values_and_gradients() -> None:
     identity) and exactly on knots."""
     import tensorflow_probability as tfp
 
-    from fedhex_hep.flow import _SPLINE_INVERSE, _spline_parameters
+    from fedhex_hep.flow import _SPLINE_INVERSE, _knots, _spline_parameters
 
     rng = np.random.default_rng(11)
     n, F, bins, half = 512, 2, 8, 4.0
     params = tf.Variable(rng.normal(size=(n, F, 3 * bins - 1)).astype(np.float32))
     y = rng.normal(scale=2.5, size=(n, F)).astype(np.float32)
     y[:20] = rng.choice([-9.0, -4.0, 4.0, 7.5], size=(20, F))  # outside or on the range's ends
-    heights = _spline_parameters(params, bins, half)[1].numpy()
-    # in float32, as both splines compute their knots, so the points lie on a knot to the bit
-    inner_knot = np.cumsum(heights, axis=-1, dtype=np.float32)[..., 2] - np.float32(half)
-    y[20:40, 0] = inner_knot[20:40, 0]  # exactly on an inner knot
+    knots_y = _knots(_spline_parameters(params, bins, half)[1], -half).numpy()  # as both splines have them
+    y[20:40, 0] = knots_y[20:40, 0, 3]  # exactly on an inner knot
     y = tf.constant(y)
     with tf.GradientTape(persistent=True) as tape:
         x, log_det = _SPLINE_INVERSE(params, y, bins, half)
