@@ -1,9 +1,10 @@
 """How far a trained flow is from large MC samples at mass points it was trained on.
 
-At a training point the flow saw only the grid's ~3k events, whose own noise hides errors of
-the flow of 1% in a cumulative fraction. Against an independent MC sample 10-20x larger at the
-same point, such errors show: this prints, per mass point and feature, flow CDF - MC CDF (in
-percent of all events) at the MC's quantiles, next to the MC's own statistical error there.
+At a training point the flow saw only the grid's few thousand events, whose own noise hides
+errors of the flow of 1% in a cumulative fraction. Against an independent MC sample 10-20x
+larger at the same point, such errors show: this prints, per mass point and feature, flow
+CDF - MC CDF (in percent of all events) at the MC's quantiles, next to the MC's own
+statistical error there.
 
     fedhex-hep make-samples signal output/big_train --phi 1000,1250,1500 --omega 4,6 --events 60000 --seed 1
     fedhex-hep extract --input output/big_train --set input.min_events_per_label=0 -o output/big_train.parquet
