@@ -266,7 +266,7 @@ def test_shipped_demo_grid_is_current(demo_dir, tmp_path):
     expected = {mass_point_dirname(p, o) for p in DEMO_GRID["phi"] for o in DEMO_GRID["omega"]}
     assert {d.name for d in demo_dir.iterdir() if d.is_dir()} == expected
     size = sum(p.stat().st_size for p in demo_dir.rglob("*") if p.is_file())
-    assert size < 40e6  # the 8 x 13 grid at 10,000 events per point is ~36 MB: keep clones small
+    assert size < 40e6  # the 8 x 13 grid at 10,000 events per point is ~37 MB: keep clones small
     phi, omega = DEMO_GRID["phi"][1], DEMO_GRID["omega"][2]
     fresh = make_signal_grid(tmp_path, [phi], [omega], n_events=DEMO_GRID["events"], seed=DEMO_GRID["seed"])[0]
     shipped = _read(demo_dir / mass_point_dirname(phi, omega) / "nano_0.root")
