@@ -1,4 +1,4 @@
-"""Extraction benchmark: events/s of ``fedhex_hep.extract.extract`` (iterative and futures
+"""Extraction benchmark: events/s of ``fedhex_hep.extraction.runner.extract`` (iterative and futures
 executors) versus a plain uproot read of the same branches with the same selection in
 numpy/awkward (the raw-read limit), on the same files in the same run; printed as ratios.
 
@@ -6,7 +6,7 @@ numpy/awkward (the raw-read limit), on the same files in the same run; printed a
     python benchmarks/bench_extract.py --events 200000 --repeats 3
 
 ``run(n_events) -> dict`` is the entry point for the benchmark driver. The grid is written with
-``fedhex_hep.samples.make_signal_grid`` into a temporary folder (removed afterwards unless
+``fedhex_hep.io.samples.make_signal_grid`` into a temporary folder (removed afterwards unless
 ``--keep``), with the default configuration's selection, features and labels.
 """
 
@@ -43,7 +43,7 @@ BRANCHES = [
 
 def make_grid(outdir: Path, n_events: int, compression: str = "lzma", seed: int = 7) -> list[Path]:
     """A signal grid of at least ``n_events`` generated events (4 mass points)."""
-    from fedhex_hep.samples import make_signal_grid
+    from fedhex_hep.io.samples import make_signal_grid
 
     per_point = math.ceil(n_events / (len(GRID_PHI) * len(GRID_OMEGA)))
     return make_signal_grid(outdir, GRID_PHI, GRID_OMEGA, per_point, seed=seed, compression=compression)
@@ -91,7 +91,7 @@ def run(n_events: int = 1_000_000, repeats: int = 1, workers: int = 2, compressi
 
     import fedhex_hep
     from fedhex_hep.config import load_config
-    from fedhex_hep.extract import extract
+    from fedhex_hep.extraction.runner import extract
 
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedhex_bench_extract_"))
     try:
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio iterative / raw uproot: {result['ratio_iterative_vs_raw']:.2f}x (goal >= {result['goal']}x)")
     print(f"  ratio futures   / raw uproot: {result['ratio_futures_vs_raw']:.2f}x (goal >= {result['goal']}x)")
     if args.json:
-        from fedhex_hep.atomic import atomic_write_text
+        from fedhex_hep.io.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0

@@ -33,10 +33,10 @@ def watch():
     while not stop.is_set():
         peak[0] = max(peak[0], proc.memory_info().rss)
         time.sleep(0.01)
-import fedhex_hep.flow
-fedhex_hep.flow.SAMPLE_JIT_COMPILE = sys.argv[4] == "1"
-from fedhex_hep.generate import generate
-from fedhex_hep.model_io import load_model
+import fedhex_hep.model.flow
+fedhex_hep.model.flow.SAMPLE_JIT_COMPILE = sys.argv[4] == "1"
+from fedhex_hep.generation.sampling import generate
+from fedhex_hep.model.storage import load_model
 model = load_model(sys.argv[1])
 n, batch = int(sys.argv[2]), int(sys.argv[3])
 point = [[1700.0, 5.0]]
@@ -61,7 +61,7 @@ def _train_model(model_dir: Path, kind: str) -> str:
     from bench_train import architecture, toy_config, toy_featureset
 
     from fedhex_hep.config import load_config
-    from fedhex_hep.train import train
+    from fedhex_hep.model.training import train
 
     defaults = load_config()  # the packaged default architecture, mixture size included
     cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind, defaults.model.ensemble)

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 def toy_featureset(n: int, seed: int = 0) -> Any:
     """A 2-feature / 2-label toy like the reference analysis (masses in GeV)."""
-    from fedhex_hep.featureset import FeatureSet
+    from fedhex_hep.io.featureset import FeatureSet
 
     rng = np.random.default_rng(seed)
     labels = np.stack([rng.choice([1000.0, 1500.0, 2000.0, 2500.0], n), rng.choice([2.0, 4.0, 6.0, 8.0], n)], axis=1)
@@ -85,7 +85,7 @@ def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str 
 def _ours(fs: Any, cfg: Any, workdir: Path) -> dict[str, Any]:
     import csv
 
-    from fedhex_hep.train import train
+    from fedhex_hep.model.training import train
 
     t0 = time.perf_counter()
     train(fs, cfg, workdir / "ours", progress=False)
@@ -104,8 +104,8 @@ def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
     import tensorflow as tf
     import tf_keras
 
-    from fedhex_hep.dataset import prepare
-    from fedhex_hep.flow import build_flow
+    from fedhex_hep.model.dataset import prepare
+    from fedhex_hep.model.flow import build_flow
 
     data = prepare(fs, cfg)
     tc = cfg.training
@@ -168,7 +168,7 @@ def run(events: int = 50000, epochs: int = 20, blocks: int = 5, units: int = 64,
     measure), over all epochs including the first (graph tracing), and over the whole call."""
     import tensorflow as tf
 
-    from fedhex_hep.train import TRAIN_INTRA_OP_THREADS
+    from fedhex_hep.model.training import TRAIN_INTRA_OP_THREADS
 
     # train() asks for TRAIN_INTRA_OP_THREADS intra-op threads when it is the first TensorFlow
     # user of its process; here model.fit runs first, so set it for the whole process: both

@@ -4,7 +4,7 @@ An independent, large MC sample from the same generator is the exact model of th
 each point. Scored the way ``validate`` scores the flow, it should meet the median-shift and
 width goals everywhere; where it does not, the check is measuring noise, not the model. This
 scores it two ways against the same reference, with the same tolerances (the larger of the
-fixed goal and twice the floor rms, ``fedhex_hep.validate._goal_check``):
+fixed goal and twice the floor rms, ``fedhex_hep.validation.closure._goal_check``):
 
 - now: all of the exact model's events against the whole reference (``validate.evaluate_point``);
 - earlier (until the eighth session): as many events as half the reference, against one half
@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedhex_hep import metrics  # noqa: E402
-from fedhex_hep.featureset import FeatureSet  # noqa: E402
-from fedhex_hep.validate import _goal_check, evaluate_point  # noqa: E402
+from fedhex_hep.validation import metrics  # noqa: E402
+from fedhex_hep.io.featureset import FeatureSet  # noqa: E402
+from fedhex_hep.validation.closure import _goal_check, evaluate_point  # noqa: E402
 
 
 def _shift_width_ok(features: dict, floor_rms: dict) -> bool:

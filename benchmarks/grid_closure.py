@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhex_hep import metrics
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.generate import generate
-from fedhex_hep.model_io import load_model
+from fedhex_hep.validation import metrics
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.generation.sampling import generate
+from fedhex_hep.model.storage import load_model
 
 
 def point_closure(generated: np.ndarray, mc: np.ndarray, names: list[str], boot: int = 200) -> dict[str, float]:

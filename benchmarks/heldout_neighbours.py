@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedhex_hep.featureset import FeatureSet  # noqa: E402
-from fedhex_hep.generate import generate  # noqa: E402
-from fedhex_hep.metrics import half68_width, robust_width  # noqa: E402
-from fedhex_hep.model_io import load_model  # noqa: E402
+from fedhex_hep.io.featureset import FeatureSet  # noqa: E402
+from fedhex_hep.generation.sampling import generate  # noqa: E402
+from fedhex_hep.validation.metrics import half68_width, robust_width  # noqa: E402
+from fedhex_hep.model.storage import load_model  # noqa: E402
 
 WIDTHS = (("IQR", robust_width), ("16-84%", half68_width))
 

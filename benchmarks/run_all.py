@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": {"events": 50_000, "epochs": 20},
             "generate": {"ns": [1_000_000, 10_000_000]},
         }
-    from fedhex_hep.atomic import atomic_write_text
+    from fedhex_hep.io.atomic import atomic_write_text
 
     results: dict[str, Any] = json.loads(args.from_raw.read_text()) if args.from_raw else {}
     sizes["train_default_threads"] = {**sizes["train"], "threads": os.cpu_count() or 1}

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training", default=None, help="the training FeatureSet parquet, to show its own deviation")
     args = parser.parse_args(argv)
 
-    from fedhex_hep.featureset import FeatureSet
-    from fedhex_hep.generate import generate
-    from fedhex_hep.model_io import load_model
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.generation.sampling import generate
+    from fedhex_hep.model.storage import load_model
 
     model = load_model(args.model, args.checkpoint)
     mc = FeatureSet.load(args.mc)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "ConfigError",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(FedhexError, ValueError):
     """A configuration problem; the message is one line naming the offending key."""
 
 
@@ -156,7 +157,7 @@ class Config:
 
     def write(self, path: str | Path) -> Path:
         """Write the resolved configuration atomically to ``path``."""
-        from fedhex_hep.atomic import atomic_write_text
+        from fedhex_hep.io.atomic import atomic_write_text
 
         return atomic_write_text(path, self.to_toml())
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep import __version__
-from fedhex_hep.atomic import atomic_write_text, new_run_dir, output_lock
+from fedhex_hep.io.atomic import atomic_write_text, new_run_dir, output_lock
 from fedhex_hep.config import Config
 
 __all__ = ["ChainResult", "run_chain", "central_grid_point"]
@@ -57,11 +57,11 @@ def run_chain(
     Everything goes into a fresh ``<output_root>/run-YYYYmmdd-HHMMSS`` folder (an earlier run is
     never overwritten); the resolved configuration is written there first.
     """
-    from fedhex_hep.compare import compare
-    from fedhex_hep.export import export_root, resolve_binning
-    from fedhex_hep.extract import extract
-    from fedhex_hep.generate import generate
-    from fedhex_hep.train import train
+    from fedhex_hep.validation.compare import compare
+    from fedhex_hep.io.export import export_root, resolve_binning
+    from fedhex_hep.extraction.runner import extract
+    from fedhex_hep.generation.sampling import generate
+    from fedhex_hep.model.training import train
 
     run_dir = new_run_dir(output_root or config.output.directory)
     with output_lock(run_dir):

@@ -1,7 +1,7 @@
 """FeatureProcessor: a configurable coffea processor that turns events into training features.
 
 The selection, the features, the labels and the optional weight are expressions of the safe
-expression language (:mod:`fedhex_hep.expressions`) over branch names, e.g. the reference
+expression language (:mod:`fedhex_hep.extraction.expressions`) over branch names, e.g. the reference
 analysis::
 
     FeatureProcessor(
@@ -43,7 +43,7 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
-from fedhex_hep.expressions import Expression, ExpressionError, compile_expression
+from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "point_key", "file_id", "resolve_branch"]
 

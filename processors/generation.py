@@ -24,7 +24,7 @@ filesystem), exactly like they must see the input ROOT files.
   (:func:`point_seed`), so the histograms do not depend on how points are chunked or which
   worker runs them: the same seed gives identical histograms on any executor.
 * Events are sampled inside the histogram range (the flow density truncated to the binning, by
-  rejection in :func:`fedhex_hep.generate.generate`), so every histogram holds exactly
+  rejection in :func:`fedhex_hep.generation.sampling.generate`), so every histogram holds exactly
   ``n_events`` entries and no over/underflow: its integral is the requested event count.
 
 Output of ``process`` (and of the Runner)::
@@ -45,7 +45,7 @@ Example: a user's own processor that calls ours inside its ``process``
     import hist
     from coffea import processor
     from coffea.nanoevents import BaseSchema
-    from processors.generation import FlowTemplateProcessor
+    from fedhex_hep.processors.generation import FlowTemplateProcessor
 
     class MyAnalysis(processor.ProcessorABC):
         def __init__(self, model_dir, mass_points):
@@ -89,6 +89,7 @@ from typing import Any
 
 import numpy as np
 from coffea import processor
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "CombinedProcessor",
@@ -110,7 +111,7 @@ POINTS_TREE = "Points"
 TEMPLATE_DATASET = "flow_templates"
 
 
-class GenerationProcessorError(ValueError):
+class GenerationProcessorError(FedhexError, ValueError):
     """Bad scan input (model directory, points, binning); the message names the key at fault."""
 
 
@@ -158,7 +159,7 @@ def load_model_cached(path: str | os.PathLike) -> Any:
     """Load a trained model from ``path`` once per process (the worker side), then reuse it.
 
     The cache key is the resolved path plus the modification time of its weights, so a model
-    retrained in place is reloaded. Imports TensorFlow (via ``fedhex_hep.model_io``) here only.
+    retrained in place is reloaded. Imports TensorFlow (via ``fedhex_hep.model.storage``) here only.
     """
     resolved = Path(path).resolve()
     try:
@@ -170,7 +171,7 @@ def load_model_cached(path: str | os.PathLike) -> Any:
     with _MODEL_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is None:
-            from fedhex_hep.model_io import load_model  # heavy: TensorFlow
+            from fedhex_hep.model.storage import load_model  # heavy: TensorFlow
 
             model = load_model(resolved)
             _MODEL_CACHE.clear()  # one model per process is the common case; do not pile up
@@ -187,7 +188,7 @@ def write_points_file(path: str | os.PathLike, points: np.ndarray, label_names: 
     """Write mass points as ROOT tree ``Points`` (``point_index`` + one branch per label, GeV)."""
     import uproot
 
-    from fedhex_hep.atomic import atomic_path
+    from fedhex_hep.io.atomic import atomic_path
 
     points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
     indices = np.arange(len(points)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -203,7 +204,7 @@ def write_points_file(path: str | os.PathLike, points: np.ndarray, label_names: 
 
 def _read_model_names(model_path: Path) -> tuple[list[str], list[str]]:
     """Feature and label names of a model directory from its files (no TensorFlow)."""
-    from fedhex_hep.model_io import ModelDirError, read_model_files
+    from fedhex_hep.model.storage import ModelDirError, read_model_files
 
     try:
         config, _, _ = read_model_files(model_path)
@@ -253,7 +254,7 @@ class FlowTemplateProcessor(processor.ProcessorABC):
     return_events : also return the generated events per point (awkward record arrays).
     chunk_points : mass points per coffea chunk (used by :meth:`fileset` / ``run_scan``).
     dataset : dataset name of the points files in the fileset.
-    batch_size, max_tries : passed to :func:`fedhex_hep.generate.generate`.
+    batch_size, max_tries : passed to :func:`fedhex_hep.generation.sampling.generate`.
     """
 
     def __init__(
@@ -355,7 +356,7 @@ class FlowTemplateProcessor(processor.ProcessorABC):
 
     def generate_point(self, index: int) -> tuple[dict[str, Any], Any]:
         """Generate mass point ``index`` (of ``points``); return ({name: hist}, FeatureSet)."""
-        from fedhex_hep.generate import generate
+        from fedhex_hep.generation.sampling import generate
 
         point = self.points[index]
         model = load_model_cached(self.model_path)

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from fedhex_hep.atomic import OutputError, atomic_path, atomic_write_text, check_writable, new_run_dir, output_lock
+from fedhex_hep.io.atomic import OutputError, atomic_path, atomic_write_text, check_writable, new_run_dir, output_lock
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -98,7 +98,7 @@ def test_run_dirs_are_unique_even_when_started_together(tmp_path):
 def test_second_process_cannot_lock_the_same_folder(tmp_path):
     code = (
         "import sys\n"
-        "from fedhex_hep.atomic import output_lock, OutputError\n"
+        "from fedhex_hep.io.atomic import output_lock, OutputError\n"
         "try:\n"
         "    with output_lock(sys.argv[1]):\n"
         "        print('locked')\n"

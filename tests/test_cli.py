@@ -35,7 +35,7 @@ def test_help_does_not_import_heavy_packages():
     # pyhf-style start-up guarantee without timing: TensorFlow and coffea stay unimported.
     code = (
         "import sys, json\n"
-        "from fedhex_hep.cli import app\n"
+        "from fedhex_hep.cli.app import app\n"
         "try:\n"
         "    app(['--help'], standalone_mode=False)\n"
         "except SystemExit:\n"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedhex_hep import metrics
-from fedhex_hep.atomic import OutputError
-from fedhex_hep.compare import CompareError, compare, core_edges, plot_loss
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.plotting import PlotError
+from fedhex_hep.validation import metrics
+from fedhex_hep.io.atomic import OutputError
+from fedhex_hep.validation.compare import CompareError, compare, core_edges, plot_loss
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.validation.plotting import PlotError
 
 FEATURES = ["phi", "omega"]
 LABELS = ["labelphi", "labelomega"]
@@ -136,7 +136,7 @@ def test_plot_save_failure_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_second_compare_into_a_busy_folder_is_refused(tmp_path):
-    from fedhex_hep.atomic import output_lock
+    from fedhex_hep.io.atomic import output_lock
 
     mc = sample(MC_POINTS[:1], 100, seed=0)
     out = tmp_path / "p"

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from scipy.special import expit
 
-from fedhex_hep.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
+from fedhex_hep.generation.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
 
 LABELS = ["labelphi", "labelomega"]
 
@@ -148,7 +148,7 @@ def test_auto_degree_follows_the_data():
 
 
 def test_cutflow_layout_of_extract():
-    """The layout fedhex_hep.extract writes into FeatureSet metadata['cutflow']."""
+    """The layout fedhex_hep.extraction.runner writes into FeatureSet metadata['cutflow']."""
     cutflow = {
         "selection": "CBL_Region == 1",
         "read": 10000,

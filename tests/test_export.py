@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from fedhex_hep.atomic import OutputError
-from fedhex_hep.export import (
+from fedhex_hep.io.atomic import OutputError
+from fedhex_hep.io.export import (
     ExportError,
     export_parquet,
     export_root,
@@ -19,7 +19,7 @@ from fedhex_hep.export import (
     hists_path,
     resolve_binning,
 )
-from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.io.featureset import FeatureSet
 
 FEATURES = ["phi", "omega"]
 LABELS = ["labelphi", "labelomega"]
@@ -138,7 +138,7 @@ def test_root_file_read_by_root(tmp_path, root):
 def test_generated_file_interpolated_efficiency_and_model_path(tmp_path):
     import uproot
 
-    from fedhex_hep.efficiency import EfficiencyModel
+    from fedhex_hep.generation.efficiency import EfficiencyModel
 
     mc = make_featureset()
     model = EfficiencyModel.from_cutflow(mc.metadata["cutflow"])
@@ -240,12 +240,12 @@ def test_read_only_folder_clear_error(tmp_path):
 
 def test_read_only_filesystem_simulated(tmp_path, monkeypatch):
     """Same check where chmod cannot be used (root): the OS refuses the temporary file (EROFS)."""
-    import fedhex_hep.atomic
+    import fedhex_hep.io.atomic
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(fedhex_hep.atomic.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(fedhex_hep.io.atomic.tempfile, "mkstemp", refuse)
     with pytest.raises(OutputError, match=r"cannot write .*x\.root: permission denied \(read-only folder\?\)"):
         export_root(make_featureset(100), tmp_path / "x.root")
     assert list(tmp_path.iterdir()) == []
@@ -364,7 +364,7 @@ def _demo_point_featureset(folder) -> tuple[FeatureSet, dict]:
 
 def test_roofit_crystal_ball_on_exported_demo_point(tmp_path, demo_dir, root):
     """A downstream fit: RooCBShape to the exported reconstructed Phi mass at a demo grid point."""
-    from fedhex_hep.samples import DEMO_GRID, mass_point_dirname
+    from fedhex_hep.io.samples import DEMO_GRID, mass_point_dirname
 
     m_phi = DEMO_GRID["phi"][len(DEMO_GRID["phi"]) // 2]
     m_omega = DEMO_GRID["omega"][len(DEMO_GRID["omega"]) // 2]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedhex_hep.expressions import FUNCTIONS, MAX_EXPONENT, ExpressionError, compile_expression
+from fedhex_hep.extraction.expressions import FUNCTIONS, MAX_EXPONENT, ExpressionError, compile_expression
 
 X = ak.Array([[10.0, 20.0, 30.0], [40.0], [], [50.0, 60.0], [70.0]])
 NS = {

@@ -13,8 +13,8 @@ import pytest
 import uproot
 
 from fedhex_hep.config import load_config
-from fedhex_hep.extract import BadFileWarning, ExtractionError, extract
-from fedhex_hep.fileset import FilesetError, build_fileset
+from fedhex_hep.extraction.runner import BadFileWarning, ExtractionError, extract
+from fedhex_hep.io.fileset import FilesetError, build_fileset
 
 MLL = "sqrt(2*Muon_pt[0]*Muon_pt[1]*(cosh(Muon_eta[0]-Muon_eta[1]) - cos(Muon_phi[0]-Muon_phi[1])))"
 NANO_FILES = {"dy": "nano_dy.root", "dimuon": "nano_dimuon.root", "ttbar": "nanoAOD_2015_CMS_Open_Data_ttbar.root"}
@@ -85,7 +85,7 @@ def test_processor_histograms_and_cutflow_merge_across_chunks(nanoaod_dir):
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
-    from processors.extraction import FeatureProcessor
+    from fedhex_hep.processors.extraction import FeatureProcessor
 
     proc = FeatureProcessor({"mll": MLL}, {"n": "nMuon"}, selection="nMuon >= 2", bins=20, ranges={"mll": (0, 200)})
     fileset = {"dy": {"files": {str(nanoaod_dir / "nano_dy.root"): "Events"}, "metadata": {}}}
@@ -113,7 +113,7 @@ def test_processor_embedded_in_another_processor(nanoaod_dir):
     from coffea import processor
     from coffea.nanoevents import NanoAODSchema
 
-    from processors.extraction import FeatureProcessor
+    from fedhex_hep.processors.extraction import FeatureProcessor
 
     class MyAnalysis(processor.ProcessorABC):
         def __init__(self):
@@ -355,7 +355,7 @@ def test_fileset_folder_glob_json(tmp_path, demo_dir):
 
 def test_lost_chunk_is_loud_not_a_smaller_dataset(demo_dir, monkeypatch):
     """If a chunk's output goes missing (executor bug, lost worker), the event count check fails."""
-    import fedhex_hep.extract as extract_module
+    import fedhex_hep.extraction.runner as extract_module
 
     real = extract_module.run_processor
 
@@ -374,7 +374,7 @@ def test_lost_chunk_is_loud_not_a_smaller_dataset(demo_dir, monkeypatch):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_group_rows_matches_numpy_unique(seed):
-    from processors.extraction import group_rows
+    from fedhex_hep.processors.extraction import group_rows
 
     rng = np.random.default_rng(seed)
     tables = [
@@ -418,7 +418,7 @@ def test_processor_picklable_stateless_from_config(demo_dir):
 
     from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
-    from processors.extraction import FeatureProcessor
+    from fedhex_hep.processors.extraction import FeatureProcessor
 
     proc = FeatureProcessor.from_config(load_config().input)
     clone = pickle.loads(pickle.dumps(proc))
@@ -452,7 +452,7 @@ def test_labels_from_folder_metadata_match_generator_branches(demo_dir):
 
 
 def test_killed_worker_message_names_file_and_range_whatever_the_path_length():
-    from fedhex_hep.extract import _describe_failure
+    from fedhex_hep.extraction.runner import _describe_failure
 
     path = "/" + "/".join(["a_rather_long_folder_name"] * 12) + "/ttbar.root"
     inner = RuntimeError("KilledWorker: ('AlwaysKillProcessor-22b8', <WorkerState 'tcp://127.0.0.1:1'>)")

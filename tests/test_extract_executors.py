@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fedhex_hep.config import load_config
-from fedhex_hep.extract import ExtractionError, extract
-from processors.extraction import FeatureProcessor
+from fedhex_hep.extraction.runner import ExtractionError, extract
+from fedhex_hep.processors.extraction import FeatureProcessor
 
 # Workers are separate processes that cannot import this test module: ship its classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

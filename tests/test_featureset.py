@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedhex_hep.featureset import FeatureSet, FeatureSetError
+from fedhex_hep.io.featureset import FeatureSet, FeatureSetError
 
 
 def make(counts, seed=0):

@@ -8,7 +8,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from fedhex_hep.config import ModelConfig  # noqa: E402
-from fedhex_hep.flow import FlowError, build_flow  # noqa: E402
+from fedhex_hep.model.flow import FlowError, build_flow  # noqa: E402
 
 VARIANTS = [
     pytest.param("maf", 2, 2, id="maf-F2"),
@@ -273,7 +273,7 @@ def test_fused_spline_inverse_equals_tfp_spline_values_and_gradients() -> None:
     identity) and exactly on knots."""
     import tensorflow_probability as tfp
 
-    from fedhex_hep.flow import _SPLINE_INVERSE, _knots, _spline_parameters
+    from fedhex_hep.model.flow import _SPLINE_INVERSE, _knots, _spline_parameters
 
     rng = np.random.default_rng(11)
     n, F, bins, half = 512, 2, 8, 4.0

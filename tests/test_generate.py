@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from conftest import TINY_MODEL  # noqa: E402
-from fedhex_hep.generate import GenerationError, generate  # noqa: E402
-from fedhex_hep.model_io import TrainedModel, load_model  # noqa: E402
-from fedhex_hep.train import train  # noqa: E402
+from fedhex_hep.generation.sampling import GenerationError, generate  # noqa: E402
+from fedhex_hep.model.storage import TrainedModel, load_model  # noqa: E402
+from fedhex_hep.model.training import train  # noqa: E402
 from test_train import toy_config, toy_featureset  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def test_demo_grid_closure_at_grid_points(demo_dir: Path, tmp_path: Path) -> Non
     """Small fast model (3 blocks x [32, 32], 20 epochs) on the shipped demo grid with the default
     preprocessing: medians at grid points within 2.5% of the MC (the default, larger config is
     what the README's 1% figures are for)."""
-    extract = pytest.importorskip("fedhex_hep.extract")
+    extract = pytest.importorskip("fedhex_hep.extraction.runner")
     from fedhex_hep.config import load_config
 
     cfg = load_config(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.grid_noise import GridNoiseError, grid_noise
-from fedhex_hep.morphing import MorphingError
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.validation.grid_noise import GridNoiseError, grid_noise
+from fedhex_hep.generation.morphing import MorphingError
 
 
 def _ring_grid(n: int, seed: int) -> FeatureSet:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedhex_hep import metrics
-from fedhex_hep.metrics import Chi2Result, MetricsError
+from fedhex_hep.validation import metrics
+from fedhex_hep.validation.metrics import Chi2Result, MetricsError
 
 
 def test_chi2_hand_computation_unweighted():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.morphing import (
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.generation.morphing import (
     MomentMorphing,
     MorphingError,
     QuantileInterpolation,

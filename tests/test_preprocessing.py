@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedhex_hep.config import ColumnTransform, PreprocessingConfig
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.preprocessing import Preprocessor, PreprocessingError
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.model.preprocessing import Preprocessor, PreprocessingError
 
 
 def _data(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +118,7 @@ def test_log_det_jacobian_matches_numerical() -> None:
 
 def test_prepare_drops_nonfinite_and_sparse_labels(caplog: pytest.LogCaptureFixture) -> None:
     from fedhex_hep.config import load_config
-    from fedhex_hep.dataset import DataError, prepare
+    from fedhex_hep.model.dataset import DataError, prepare
 
     x, y = _data(3000)
     x[:7, 1] = np.nan

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import uproot
 
-from fedhex_hep import samples
-from fedhex_hep.samples import (
+from fedhex_hep.io import samples
+from fedhex_hep.io.samples import (
     DEMO_COMMAND,
     DEMO_GRID,
     SIGNAL_BRANCHES,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhex_hep.scan import ScanError, grid_points
-from processors.generation import (
+from fedhex_hep.generation.scan import ScanError, grid_points
+from fedhex_hep.processors.generation import (
     CombinedProcessor,
     FlowTemplateProcessor,
     GenerationProcessorError,
@@ -37,8 +37,8 @@ def _toy(n_per_point: int, seed: int):
 def model_dir(tmp_path_factory) -> Path:
     """A really trained tiny flow (2 features, 2 labels, 2 epochs)."""
     from fedhex_hep.config import config_from_dict
-    from fedhex_hep.featureset import FeatureSet
-    from fedhex_hep.train import train
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.model.training import train
 
     cfg = config_from_dict(
         {
@@ -55,7 +55,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def _efficiency_model():
-    from fedhex_hep.efficiency import EfficiencyModel
+    from fedhex_hep.generation.efficiency import EfficiencyModel
 
     pts = np.array(TRAIN_GRID)
     eff = 0.3 + 0.2 * (pts[:, 0] - 1000.0) / 1000.0 + 0.02 * pts[:, 1]
@@ -97,7 +97,7 @@ def test_grid_points_errors(spec, message):
 def test_names_and_seeds():
     assert format_value(1870.0) == "1870" and format_value(9.025) == "9p025" and format_value(-1.5) == "m1p5"
     assert template_name("phi", ["labelphi", "labelomega"], [1870.0, 9.025]) == "h_phi__labelphi_1870__labelomega_9p025"
-    from fedhex_hep.export import hist_name
+    from fedhex_hep.io.export import hist_name
 
     assert template_name("x", LABELS, [1234.5, 0.25]) == hist_name("x", LABELS, [1234.5, 0.25])
     seeds = {point_seed(1, i) for i in range(1000)}
@@ -193,7 +193,7 @@ def test_combined_with_feature_processor(model_dir, tmp_path):
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
-    from processors.extraction import FeatureProcessor
+    from fedhex_hep.processors.extraction import FeatureProcessor
 
     feats, labels = _toy(100, seed=12)
     mc_file = tmp_path / "mc.root"
@@ -219,7 +219,7 @@ def test_scan_root_file_opens_in_root(model_dir, tmp_path):
     ROOT = pytest.importorskip("ROOT")
     points = grid_points("1100:1900:400,2.5/5.5")
     plain = tmp_path / "scan.root"
-    from fedhex_hep.scan import run_scan
+    from fedhex_hep.generation.scan import run_scan
 
     assert run_scan(model_dir, points, 250, plain, bins=BINS, seed=3, progress=False) == plain
     with pytest.raises(OSError, match="already exists"):
@@ -258,7 +258,7 @@ def test_scan_root_file_opens_in_root(model_dir, tmp_path):
 
 
 def test_scan_input_errors(model_dir, tmp_path):
-    from fedhex_hep.scan import run_scan
+    from fedhex_hep.generation.scan import run_scan
 
     with pytest.raises(ScanError, match="executor 'spark'"):
         run_scan(model_dir, [[1200.0, 3.0]], 10, tmp_path / "a.root", bins=BINS, executor="spark")
@@ -274,7 +274,7 @@ def test_scan_input_errors(model_dir, tmp_path):
 def test_scan_automatic_binning(model_dir, tmp_path):
     import uproot
 
-    from fedhex_hep.scan import run_scan
+    from fedhex_hep.generation.scan import run_scan
 
     out = run_scan(model_dir, "1200/1800,3", 100, tmp_path / "auto.root", bins=12, seed=2, progress=False, efficiency=0.5)
     with uproot.open(out) as f:
@@ -287,7 +287,7 @@ def test_scan_automatic_binning(model_dir, tmp_path):
 @pytest.mark.slow
 def test_dask_localcluster_matches_iterative(model_dir, tmp_path):
     """>= 25 mass points on a real dask LocalCluster (2 workers) == iterative, same seed."""
-    from fedhex_hep.scan import run_scan
+    from fedhex_hep.generation.scan import run_scan
 
     points = grid_points("1000:2000:250,2:6:1")
     assert len(points) == 25
@@ -314,8 +314,8 @@ def test_scan_efficiency_sources(model_dir, tmp_path):
 
     import uproot
 
-    from fedhex_hep.featureset import FeatureSet
-    from fedhex_hep.scan import run_scan, scan_efficiency
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.generation.scan import run_scan, scan_efficiency
 
     eff_model = _efficiency_model()
     points = grid_points("1250/1750,3/5")
@@ -339,7 +339,7 @@ def test_scan_efficiency_sources(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_futures_executor_matches_iterative(model_dir, tmp_path):
-    from fedhex_hep.scan import run_scan
+    from fedhex_hep.generation.scan import run_scan
 
     points = grid_points("1000:2000:500,2/6")
     a = run_scan(model_dir, points, 150, tmp_path / "it.root", bins=BINS, seed=7, progress=False)

@@ -18,12 +18,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from conftest import TINY_MODEL  # noqa: E402
-from fedhex_hep.atomic import OutputError  # noqa: E402
+from fedhex_hep.io.atomic import OutputError  # noqa: E402
 from fedhex_hep.config import Config, load_config  # noqa: E402
-from fedhex_hep.dataset import prepare  # noqa: E402
-from fedhex_hep.featureset import FeatureSet  # noqa: E402
-from fedhex_hep.model_io import ModelDirError, checkpoint_prefix, load_model  # noqa: E402
-from fedhex_hep.train import TrainingError, outside_spline_range, train  # noqa: E402
+from fedhex_hep.model.dataset import prepare  # noqa: E402
+from fedhex_hep.io.featureset import FeatureSet  # noqa: E402
+from fedhex_hep.model.storage import ModelDirError, checkpoint_prefix, load_model  # noqa: E402
+from fedhex_hep.model.training import TrainingError, outside_spline_range, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,7 +168,7 @@ def test_early_stopping_restores_best_weights(tmp_path: Path) -> None:
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    import fedhex_hep.train as train_module
+    import fedhex_hep.model.training as train_module
 
     fs = toy_featureset(n=1000)
     cfg = toy_config(**{"training.epochs": 5, "training.batch_size": 200, "training.checkpoint_every": 1})
@@ -249,8 +249,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
     script = textwrap.dedent(
         f"""
         from fedhex_hep.config import load_config
-        from fedhex_hep.featureset import FeatureSet
-        from fedhex_hep.train import train
+        from fedhex_hep.io.featureset import FeatureSet
+        from fedhex_hep.model.training import train
         train(FeatureSet.load({str(tmp_path / 'fs.parquet')!r}), load_config({str(tmp_path / 'config.toml')!r}),
               {str(model_dir)!r}, progress=False)
         """
@@ -306,7 +306,7 @@ def test_far_outliers_in_validation_do_not_end_training(tmp_path: Path, monkeypa
     """Two mis-paired events (reco mass 5x its generator mass, ~50 sigma) in the validation
     split: the plain mean NLL rises as the flow sharpens (early stopping would keep epoch 1,
     as seen on the demo grid), the capped validation loss falls with the bulk."""
-    import fedhex_hep.train as train_mod
+    import fedhex_hep.model.training as train_mod
 
     fs = toy_featureset(n=3000)
     x = fs.features.copy()
@@ -354,7 +354,7 @@ def test_label_jitter_smears_only_the_named_label_by_the_asked_sd(tmp_path: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Spy on the conditioning input each training batch sees. gphi is a log label: 0.05 means a
     # 5% Gaussian smearing of the generator mass, i.e. 0.05 / std(log gphi) in standardised units.
-    import fedhex_hep.train as train_module
+    import fedhex_hep.model.training as train_module
 
     seen: list[np.ndarray] = []
     original = train_module._batch_loss
@@ -391,7 +391,7 @@ def test_epoch_log_shows_the_validation_loss_only_when_there_is_a_split(tmp_path
     fs = toy_featureset(n=600)
     for fraction, name in ((0.2, "split"), (0.0, "nosplit")):
         caplog.clear()
-        with caplog.at_level("INFO", logger="fedhex_hep.train"):
+        with caplog.at_level("INFO", logger="fedhex_hep.model.training"):
             train(fs, toy_config(**{"training.validation_fraction": fraction, "training.epochs": 2,
                                     "training.decay_epochs": 2}), tmp_path / name, progress=False)
         epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]

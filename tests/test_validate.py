@@ -9,8 +9,8 @@ import pytest
 from conftest import TINY_MODEL, set_options
 
 from fedhex_hep.config import load_config
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.validate import ValidationError, holdout_groups, interior_points, validate
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.validation.closure import ValidationError, holdout_groups, interior_points, validate
 
 XS = (100.0, 200.0, 300.0, 400.0)
 YS = (1.0, 2.0, 3.0, 4.0)
@@ -174,7 +174,7 @@ def test_validate_bad_points(toy_mc, tmp_path):
 
 
 def test_make_references_with_signal_writer_and_extraction(tmp_path):
-    from fedhex_hep.validate import REFERENCE_SEED, _make_references
+    from fedhex_hep.validation.closure import REFERENCE_SEED, _make_references
 
     ref = _make_references(load_config(), np.array([[1500.0, 5.0]]), 2000, tmp_path)
     assert ref.feature_names == ["phi", "omega"]
@@ -208,7 +208,7 @@ def test_flow_compared_at_morphing_size_when_morphing_is_capped(tmp_path):
 
 
 def test_goal_tolerance_is_twice_the_floor_rms_not_one_lucky_split():
-    from fedhex_hep.validate import _goal_check
+    from fedhex_hep.validation.closure import _goal_check
 
     def result(shift, width):
         return {"joint": {"auc": 0.5, "chi2_2d_ndf": 1.0},
@@ -233,8 +233,8 @@ def test_exact_model_width_noise_is_half_the_floor_so_twice_the_floor_is_not_a_c
     # reference half B (the earlier protocol) that noise equals the floor rms, and the goal's 2x
     # floor tolerance failed an exact model at each number 5% of the time. evaluate_point measures
     # them on all of the model's events against the whole reference: about half the floor rms.
-    from fedhex_hep import metrics
-    from fedhex_hep.validate import _goal_check, evaluate_point
+    from fedhex_hep.validation import metrics
+    from fedhex_hep.validation.closure import _goal_check, evaluate_point
 
     rng = np.random.default_rng(12)
     point = (200.0, 2.0)
@@ -255,7 +255,7 @@ def test_exact_model_width_noise_is_half_the_floor_so_twice_the_floor_is_not_a_c
 
 
 def test_noise_check_adds_the_training_grids_noise_in_quadrature():
-    from fedhex_hep.validate import _goal_check
+    from fedhex_hep.validation.closure import _goal_check
 
     def result(width):
         return {"joint": {"auc": 0.5, "chi2_2d_ndf": 1.0},

@@ -2,7 +2,7 @@
 
 Figures are built on matplotlib's object API with an Agg canvas (no pyplot state, no display
 needed, nothing left open) inside ``mplhep.style.CMS``. Every save goes to a temporary name
-in the target folder and is renamed when complete (:func:`fedhex_hep.atomic.atomic_path`).
+in the target folder and is renamed when complete (:func:`fedhex_hep.io.atomic.atomic_path`).
 Units: GeV; axis labels are the feature names from the FeatureSet, e.g. ``phi [GeV]``.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.atomic import atomic_path
+from fedhex_hep.io.atomic import atomic_path
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "PlotError",
@@ -34,7 +35,7 @@ GEN_COLOR = "#3f90da"
 MC_COLOR = "black"
 
 
-class PlotError(ValueError):
+class PlotError(FedhexError, ValueError):
     """Bad plotting input (missing column in history.csv, empty sample); names the file/column."""
 
 

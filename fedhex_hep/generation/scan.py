@@ -1,6 +1,6 @@
 """Mass scans: signal templates from a trained flow at many mass points, through coffea.
 
-:func:`run_scan` runs :class:`processors.generation.FlowTemplateProcessor` with coffea's
+:func:`run_scan` runs :class:`fedhex_hep.processors.generation.FlowTemplateProcessor` with coffea's
 ``Runner`` on the same executors as extraction (``iterative``, ``futures``, ``dask`` with a
 ``LocalCluster`` it starts itself or an existing scheduler address) and writes ONE ROOT file
 for a template fit. Each mass point ``i`` is generated with a seed derived from
@@ -23,7 +23,7 @@ ROOT file layout
 ``h_<feature>__<label1>_<v1>__<label2>_<v2>`` (TH1D, Sumw2)
     the template of ``feature`` at one mass point, e.g. ``h_phi__labelphi_1870__labelomega_9p025``
     (values: shortest decimal form, ``.`` -> ``p``, ``-`` -> ``m``; the same names as
-    :mod:`fedhex_hep.export`). Every histogram of a feature has the same bin edges. Events are
+    :mod:`fedhex_hep.io.export`). Every histogram of a feature has the same bin edges. Events are
     generated inside the histogram range (the flow density truncated to the binning), so there
     is no under/overflow and the integral is exactly ``n_events`` -- or ``n_events * eff`` (the
     interpolated selection efficiency at that point) with ``yield_normalised=True``.
@@ -34,8 +34,8 @@ ROOT file layout
     inside the binning: the templates are normalised within the binning, multiply by it to
     normalise to the whole feature range).
 ``efficiency`` (TTree)
-    as in :mod:`fedhex_hep.export`: labels, ``eff``, ``eff_err``, ``interpolated`` (0: measured
-    at a training point, 1: from the smooth :class:`~fedhex_hep.efficiency.EfficiencyModel`),
+    as in :mod:`fedhex_hep.io.export`: labels, ``eff``, ``eff_err``, ``interpolated`` (0: measured
+    at a training point, 1: from the smooth :class:`~fedhex_hep.generation.efficiency.EfficiencyModel`),
     ``in_range``. Absent when no efficiency is known.
 ``meta/`` (TObjString, JSON text)
     ``config``, ``version``, ``model_path``, ``seed``, ``n_events``, ``yield_normalised``,
@@ -54,7 +54,7 @@ With a single label and integer masses, ``$MASS`` works too (``combine -m 1870``
 
 Python use::
 
-    from fedhex_hep.scan import grid_points, run_scan
+    from fedhex_hep.generation.scan import grid_points, run_scan
     run_scan("output/run-.../model", grid_points("1000:3000:250,1:9:1"), n_events=20000,
              output="output/scan.root", bins={"phi": (60, 500.0, 3500.0)}, executor="dask",
              workers=4, yield_normalised=True)
@@ -74,7 +74,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.executors import EXECUTORS, ExecutorError, check_executor, dask_client
+from fedhex_hep.extraction.executors import EXECUTORS, ExecutorError, check_executor, dask_client
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["ScanError", "grid_points", "run_scan", "resolve_bins", "scan_efficiency", "EXECUTORS", "SCAN_NAMING"]
 
@@ -94,7 +95,7 @@ PILOT_POINTS = 9
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
-class ScanError(ValueError):
+class ScanError(FedhexError, ValueError):
     """Bad scan input (grid spec, binning, executor, efficiency); names the key at fault."""
 
 
@@ -147,7 +148,7 @@ def resolve_bins(model_dir: str | Path, points: np.ndarray, bins: Any, seed: int
     points spread over the list, seeded from ``seed``), unless the model config has
     ``generation.ranges`` for the feature (then that range is used).
     """
-    from fedhex_hep.model_io import read_model_files
+    from fedhex_hep.model.storage import read_model_files
 
     config, _, _ = read_model_files(Path(model_dir))
     features = config.feature_names
@@ -171,9 +172,9 @@ def resolve_bins(model_dir: str | Path, points: np.ndarray, bins: Any, seed: int
         else:
             missing.append(f)
     if missing:
-        from fedhex_hep.generate import generate
+        from fedhex_hep.generation.sampling import generate
 
-        from processors.generation import load_model_cached
+        from fedhex_hep.processors.generation import load_model_cached
 
         model = load_model_cached(model_dir)
         pick = np.unique(np.linspace(0, len(points) - 1, min(PILOT_POINTS, len(points))).round().astype(int))
@@ -194,18 +195,18 @@ def resolve_bins(model_dir: str | Path, points: np.ndarray, bins: Any, seed: int
 def scan_efficiency(
     efficiency: Any, model_dir: str | Path, points: np.ndarray, feature_names: Sequence[str], label_names: Sequence[str]
 ) -> dict[str, Any] | None:
-    """Efficiency at the scan points, as :func:`fedhex_hep.export.resolve_efficiency` returns it.
+    """Efficiency at the scan points, as :func:`fedhex_hep.io.export.resolve_efficiency` returns it.
 
     ``efficiency``: a float (the same at every point), an
-    :class:`~fedhex_hep.efficiency.EfficiencyModel` / ``EfficiencyTable`` (or their dicts), an
+    :class:`~fedhex_hep.generation.efficiency.EfficiencyModel` / ``EfficiencyTable`` (or their dicts), an
     extraction cutflow, a path to a JSON file holding one of those, or a path to a FeatureSet
     parquet (its ``metadata["efficiency"]`` or ``["cutflow"]``). None: ``<model_dir>/efficiency.json``,
     then ``efficiency`` / ``cutflow`` in the model's ``training.json``; None when nothing is found.
     The ``points`` entry is in the order of ``points``.
     """
-    from fedhex_hep.export import ExportError, resolve_efficiency
-    from fedhex_hep.featureset import FeatureSet, FeatureSetError
-    from fedhex_hep.model_io import read_model_files
+    from fedhex_hep.io.export import ExportError, resolve_efficiency
+    from fedhex_hep.io.featureset import FeatureSet, FeatureSetError
+    from fedhex_hep.model.storage import read_model_files
 
     points = np.asarray(points, dtype=np.float64)
     where = "efficiency argument"
@@ -326,9 +327,9 @@ def run_scan(
     from coffea.nanoevents import BaseSchema
 
     from fedhex_hep import __version__
-    from fedhex_hep.atomic import atomic_path, check_writable
-    from fedhex_hep.model_io import ModelDirError, read_model_files
-    from processors.generation import FlowTemplateProcessor, GenerationProcessorError, point_key
+    from fedhex_hep.io.atomic import atomic_path, check_writable
+    from fedhex_hep.model.storage import ModelDirError, read_model_files
+    from fedhex_hep.processors.generation import FlowTemplateProcessor, GenerationProcessorError, point_key
 
     output = check_writable(Path(output), overwrite=overwrite)
     try:

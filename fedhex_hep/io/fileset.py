@@ -26,20 +26,21 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["FilesetError", "build_fileset", "folder_metadata", "fileset_files"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-class FilesetError(ValueError):
+class FilesetError(FedhexError, ValueError):
     """An input path or fileset problem; the message names the path or key."""
 
 
 def folder_metadata(name: str) -> dict[str, float]:
     """Metadata parsed from a mass-point folder name, ``{}`` when the name is not one."""
     try:
-        from fedhex_hep.samples import parse_mass_point_dirname
+        from fedhex_hep.io.samples import parse_mass_point_dirname
     except ImportError:
         parse_mass_point_dirname = _parse_dirname_fallback
     try:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "EfficiencyError",
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class EfficiencyError(ValueError):
+class EfficiencyError(FedhexError, ValueError):
     """Bad cutflow or efficiency input; the message names the key or point at fault."""
 
 

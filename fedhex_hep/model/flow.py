@@ -35,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 
 from fedhex_hep.config import ModelConfig  # noqa: E402
+from fedhex_hep.errors import FedhexError
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -56,7 +57,7 @@ _BASE_LOG_SCALE_BOUND = 3.0
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-class FlowError(ValueError):
+class FlowError(FedhexError, ValueError):
     """An impossible flow configuration; the message names the config key."""
 
 

@@ -14,7 +14,7 @@ code compares like with like:
 ``efficiency`` (TTree)
     one entry per mass point in the file: label branches, ``eff``, ``eff_err``,
     ``interpolated`` (0: measured from the cutflow at that point, 1: from the smooth efficiency
-    model of :mod:`fedhex_hep.efficiency`), ``in_range`` (1 if inside the measured mass range).
+    model of :mod:`fedhex_hep.generation.efficiency`), ``in_range`` (1 if inside the measured mass range).
     Absent when neither a cutflow nor an efficiency model is known.
 ``efficiency_table`` (TTree)
     the measured efficiencies of the training points: labels, ``n_read``, ``n_selected``,
@@ -44,7 +44,7 @@ histograms go to the side table ``<name>.hists.parquet`` (one row per histogram:
 ``variances`` (flattened C order, x outer, without flow bins), ``sumw`` including flow).
 
 All files are written to a temporary name in the target folder and renamed when complete
-(:mod:`fedhex_hep.atomic`); an existing file is refused unless ``overwrite``.
+(:mod:`fedhex_hep.io.atomic`); an existing file is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -60,9 +60,10 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.atomic import OutputError, atomic_path, check_writable
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.metrics import quantile_edges
+from fedhex_hep.io.atomic import OutputError, atomic_path, check_writable
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.validation.metrics import quantile_edges
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "ExportError",
@@ -90,7 +91,7 @@ HIST_NAMING = (
 _TREE_CHUNK = 1_000_000
 
 
-class ExportError(ValueError):
+class ExportError(FedhexError, ValueError):
     """Bad export input (empty FeatureSet, bad binning); the message names the feature or key."""
 
 
@@ -234,14 +235,14 @@ def build_histograms(featureset: FeatureSet, edges: Mapping[str, np.ndarray]) ->
 def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[str, Any] | None:
     """Efficiency information to store with the export, or None when nothing is known.
 
-    ``efficiency``: an :class:`~fedhex_hep.efficiency.EfficiencyModel`, an
-    :class:`~fedhex_hep.efficiency.EfficiencyTable`, a dict of either (``to_dict``), or an
+    ``efficiency``: an :class:`~fedhex_hep.generation.efficiency.EfficiencyModel`, an
+    :class:`~fedhex_hep.generation.efficiency.EfficiencyTable`, a dict of either (``to_dict``), or an
     extraction cutflow. When None, ``featureset.metadata["efficiency"]``, then
     ``featureset.metadata["cutflow"]``, then (generated sets) ``<model_path>/efficiency.json``
     or ``efficiency``/``cutflow`` in ``<model_path>/training.json`` are used. Returns ``{"model": dict | None, "table":
     dict | None, "points": {label_names, points, eff, err, interpolated, in_range}}``.
     """
-    from fedhex_hep.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
+    from fedhex_hep.generation.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
 
     source = efficiency
     where = "efficiency argument"
@@ -439,7 +440,7 @@ def export_root(
     """Write ``featureset`` as a ROOT file (layout in the module docstring); returns the path.
 
     ``bins``: see :func:`resolve_binning`. ``efficiency``: see :func:`resolve_efficiency`.
-    Raises :class:`~fedhex_hep.atomic.OutputError` when the file exists (and not ``overwrite``)
+    Raises :class:`~fedhex_hep.io.atomic.OutputError` when the file exists (and not ``overwrite``)
     or cannot be written (read-only folder, full disk: no partial file is left behind).
     """
     path = Path(path)

@@ -5,7 +5,7 @@ point between grid points it can be no better than the events around it allow, u
 pools many more of them. :func:`grid_noise` measures that inherited noise for the simplest
 local interpolator, horizontal (quantile) interpolation (Read, NIM A 425 (1999) 357), whose
 quantiles at a point are exactly ``Q(u) = sum_k w_k Q_k(u)`` over the surrounding grid points
-``k`` (the bilinear weights of :class:`fedhex_hep.morphing.GridInterpolator`):
+``k`` (the bilinear weights of :class:`fedhex_hep.generation.morphing.GridInterpolator`):
 
   every grid point's events are split at random into two halves A and B; the median, IQR and
   half the 16-84% range at the point are interpolated from the A halves and from the B halves,
@@ -15,7 +15,7 @@ quantiles at a point are exactly ``Q(u) = sum_k w_k Q_k(u)`` over the surroundin
   splits is the noise of the full grid's interpolation at that point.
 
 Read a closure error at a held-out point against both noise sources: the reference's (the
-statistical floor, :func:`fedhex_hep.metrics.floor_spread`) and the training grid's (this).
+statistical floor, :func:`fedhex_hep.validation.metrics.floor_spread`) and the training grid's (this).
 It is a property of the grid, not of the flow: a flow that pools more grid points can do
 better, one that follows each grid point's fluctuations does about as badly.
 """
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["GridNoiseError", "grid_noise"]
 
@@ -34,7 +35,7 @@ __all__ = ["GridNoiseError", "grid_noise"]
 _QUANTILES = np.array([0.16, 0.25, 0.5, 0.75, 0.84])
 
 
-class GridNoiseError(ValueError):
+class GridNoiseError(FedhexError, ValueError):
     """Bad input to :func:`grid_noise` (e.g. fewer than one split); the message says which."""
 
 
@@ -60,9 +61,9 @@ def grid_noise(
     ``grid``: the MC the model is trained on (one sample per label point). ``points``: (k, L)
     mass points in label units (GeV), each inside the grid's cells. Returns one dict per point,
     ``{feature: {"median_shift", "width_error_iqr", "width_error_68"}}`` (relative, unitless;
-    the keys of :func:`fedhex_hep.metrics.floor_spread`).
+    the keys of :func:`fedhex_hep.validation.metrics.floor_spread`).
     """
-    from fedhex_hep.morphing import GridInterpolator
+    from fedhex_hep.generation.morphing import GridInterpolator
 
     if n_splits < 1:
         raise GridNoiseError(f"n_splits must be >= 1, got {n_splits}")

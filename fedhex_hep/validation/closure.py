@@ -30,7 +30,7 @@ two trainings per seed instead of one per point; ``"all"`` holds out all points 
 
 References: the held-out MC itself by default (small on the demo grid); ``reference`` (a
 FeatureSet, e.g. ``data/reference`` extracted) or ``reference_events`` (fresh events generated
-with :func:`fedhex_hep.samples.make_signal_grid` into ``outdir/reference`` and extracted with
+with :func:`fedhex_hep.io.samples.make_signal_grid` into ``outdir/reference`` and extracted with
 the config's processor; signal-grid configs only, labels in (m_Phi, m_omega) order).
 """
 
@@ -45,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep import metrics
-from fedhex_hep.atomic import atomic_path, atomic_write_text
-from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.validation import metrics
+from fedhex_hep.io.atomic import atomic_path, atomic_write_text
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "ValidationError",
@@ -83,7 +84,7 @@ REFERENCE_SEED = 7919
 METHODS_MORPH = {"moment": "moment morphing", "moment_robust": "moment morphing (robust)", "quantile": "quantile interp."}
 
 
-class ValidationError(ValueError):
+class ValidationError(FedhexError, ValueError):
     """Bad validation input (unknown point, no reference events, ...); the message says which."""
 
 
@@ -176,13 +177,13 @@ def evaluate_point(
 
 
 def _generate_default(model: Any, point: np.ndarray, n: int, seed: int) -> np.ndarray:
-    from fedhex_hep.generate import generate
+    from fedhex_hep.generation.sampling import generate
 
     return generate(model, np.asarray(point, dtype=np.float64)[None, :], n, seed=seed).features
 
 
 def _train_default(featureset: FeatureSet, config: Any, model_dir: Path, overwrite: bool = False) -> Any:
-    from fedhex_hep.train import train
+    from fedhex_hep.model.training import train
 
     # a model folder left by an earlier validation is replaced only under --overwrite
     return train(featureset, config, model_dir, resume=False, progress=False, overwrite=overwrite)
@@ -190,8 +191,8 @@ def _train_default(featureset: FeatureSet, config: Any, model_dir: Path, overwri
 
 def _make_references(config: Any, points: np.ndarray, n_events: int, outdir: Path) -> FeatureSet:
     """Fresh MC at ``points`` with make_signal_grid, extracted with the config's processor."""
-    from fedhex_hep.extract import extract
-    from fedhex_hep.samples import make_signal_grid
+    from fedhex_hep.extraction.runner import extract
+    from fedhex_hep.io.samples import make_signal_grid
 
     if points.shape[1] != 2:
         raise ValidationError("reference_events needs two labels (m_Phi, m_omega) of the signal grid")
@@ -235,7 +236,7 @@ def _goal_check(
 
     The floor of a shift or width error is its noise level ``floor_rms`` (rms over random
     half-splits) where given; else the single split's own value (reports built by hand).
-    With ``grid_rms`` (the training grid's noise, :func:`fedhex_hep.grid_noise.grid_noise`)
+    With ``grid_rms`` (the training grid's noise, :func:`fedhex_hep.validation.grid_noise.grid_noise`)
     the noise is the quadrature sum of both: not the issue-6 goal, which counts the reference
     floor only, but whether an error is larger than the statistics of both samples explain.
     """
@@ -292,16 +293,16 @@ def validate(
     grid's MC FeatureSet. ``points``: held-out mass points (k, L) in GeV; default: the mass
     points of ``reference`` if given, else every interior grid point.
     ``train_fn(featureset, config, model_dir) -> model`` and
-    ``generate_fn(model, point (L,), n, seed) -> (n, F) array`` default to fedhex_hep.train /
-    fedhex_hep.generate. ``max_events`` caps the reference half size per point, hence the
+    ``generate_fn(model, point (L,), n, seed) -> (n, F) array`` default to fedhex_hep.model.training /
+    fedhex_hep.generation.sampling. ``max_events`` caps the reference half size per point, hence the
     joint metrics' sample size (speed). ``flow_events``: events generated per point and seed
     (at least the half size): the flow's per-feature metrics are measured on all of them.
     Writes ``report.json``, ``report.md`` and plots into ``outdir``; returns the report dict
     (``report["points"]``: one entry per held-out point).
     """
     from fedhex_hep import __version__
-    from fedhex_hep.grid_noise import grid_noise
-    from fedhex_hep.morphing import MomentMorphing, MorphingError, QuantileInterpolation
+    from fedhex_hep.validation.grid_noise import grid_noise
+    from fedhex_hep.generation.morphing import MomentMorphing, MorphingError, QuantileInterpolation
 
     outdir = Path(outdir)
     if outdir.exists() and any(p.name != ".fedhex-hep.lock" for p in outdir.iterdir()) and not overwrite:
@@ -580,7 +581,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"over {FLOOR_SPLITS} random splits).",
         "`within_noise_*` (not the issue-6 goal): the same goals with the floor replaced by the quadrature sum "
         "of the floor and the training grid's own noise (quantile interpolation from random halves of the "
-        "training grid; `fedhex_hep.grid_noise`): whether a miss is larger than both samples' statistics explain.",
+        "training grid; `fedhex_hep.validation.grid_noise`): whether a miss is larger than both samples' statistics explain.",
         "",
         "## Summary",
         "",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "ExpressionError",
@@ -54,7 +55,7 @@ MAX_NODES = 500
 """Most AST nodes in one expression: bounds parse and evaluation cost."""
 
 
-class ExpressionError(ValueError):
+class ExpressionError(FedhexError, ValueError):
     """An expression is refused or cannot be evaluated; the message names expression and cause."""
 
 

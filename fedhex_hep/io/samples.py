@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "DEMO_COMMAND",
@@ -75,7 +76,7 @@ __all__ = [
 ]
 
 
-class SampleError(ValueError):
+class SampleError(FedhexError, ValueError):
     """Bad sample-writer input; the message names the option or folder at fault."""
 
 
@@ -265,7 +266,7 @@ def _write_tree(path: Path, branches: Mapping[str, Any], overwrite: bool, compre
     """Write one TTree ``Events`` atomically (temp file, then rename) in one basket per branch."""
     import uproot
 
-    from fedhex_hep.atomic import atomic_path
+    from fedhex_hep.io.atomic import atomic_path
 
     codec = _codec(compression)
     with atomic_path(path, overwrite=overwrite) as tmp:

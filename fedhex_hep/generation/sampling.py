@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.model_io import TrainedModel
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.model.storage import TrainedModel
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["GenerationError", "generate", "out_of_range_messages"]
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 _POINT_STRIDE = 2**20  # batch seeds of different points never collide below 1M batches per point
 
 
-class GenerationError(ValueError):
+class GenerationError(FedhexError, ValueError):
     """Generation cannot proceed as asked; the message names the label, feature or option."""
 
 

@@ -16,14 +16,15 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from fedhex_hep.atomic import atomic_path
+from fedhex_hep.io.atomic import atomic_path
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["FeatureSet", "FeatureSetError", "METADATA_KEY"]
 
 METADATA_KEY = b"fedhex_hep"
 
 
-class FeatureSetError(ValueError):
+class FeatureSetError(FedhexError, ValueError):
     """A FeatureSet file or content problem; the message names the file or column."""
 
 

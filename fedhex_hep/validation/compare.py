@@ -29,16 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.atomic import OutputError, atomic_write_text, check_writable, output_lock
-from fedhex_hep.export import point_tag
-from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.io.atomic import OutputError, atomic_write_text, check_writable, output_lock
+from fedhex_hep.io.export import point_tag
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["CompareError", "compare", "core_edges", "plot_loss", "point_metrics"]
 
 log = logging.getLogger(__name__)
 
 
-class CompareError(ValueError):
+class CompareError(FedhexError, ValueError):
     """Inputs that cannot be compared (different features or labels); the message says which."""
 
 
@@ -92,7 +93,7 @@ def point_metrics(
     chi2 over the plotted bins (:func:`core_edges` of the MC, or the edges given), KS over all
     events; ``outside_*`` is the weighted fraction of each sample outside the bins.
     """
-    from fedhex_hep.metrics import chi2_ndf, ks_test
+    from fedhex_hep.validation.metrics import chi2_ndf, ks_test
 
     out: dict[str, dict[str, float]] = {}
     for name in mc.feature_names:
@@ -121,7 +122,7 @@ def plot_loss(
     history_csv: str | Path, out: str | Path, formats: Sequence[str] = ("png",), overwrite: bool = False
 ) -> list[Path]:
     """Plot the training loss curve of ``history_csv`` to ``out.<fmt>``; returns the files."""
-    from fedhex_hep.plotting import plot_loss_curve, read_history, save_figure
+    from fedhex_hep.validation.plotting import plot_loss_curve, read_history, save_figure
 
     history = read_history(history_csv)
     out = Path(out)
@@ -147,7 +148,7 @@ def compare(
     chi2_ndf, chi2_pvalue, ks_statistic, ks_pvalue, ...}}}}, "plots": [paths],
     "files": [paths incl. metrics.json], "points_without_mc": [[...], ...]}``.
     """
-    from fedhex_hep.plotting import PlotError, plot_2d_side_by_side, plot_label_plane, plot_overlay, save_figure
+    from fedhex_hep.validation.plotting import PlotError, plot_2d_side_by_side, plot_label_plane, plot_overlay, save_figure
 
     if (generated.feature_names, generated.label_names) != (mc.feature_names, mc.label_names):
         raise CompareError(

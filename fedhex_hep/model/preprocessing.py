@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.config import ColumnTransform, PreprocessingConfig
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["PreprocessingError", "ColumnParams", "Preprocessor"]
 
 FORMAT_VERSION = 1
 
 
-class PreprocessingError(ValueError):
+class PreprocessingError(FedhexError, ValueError):
     """Bad data or a bad preprocessing file; the message names the column or key."""
 
 

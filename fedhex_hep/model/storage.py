@@ -1,6 +1,6 @@
 """The model directory: what a trained model is made of, and loading it back.
 
-Layout written by :func:`fedhex_hep.train.train`::
+Layout written by :func:`fedhex_hep.model.training.train`::
 
     model_dir/
       config.toml           resolved configuration (rebuilds the flow: any depth / width / kind)
@@ -9,7 +9,7 @@ Layout written by :func:`fedhex_hep.train.train`::
                             best epoch, whether early stopping fired
       versions.json         fedhex-hep, tensorflow, tensorflow-probability, numpy, python versions
       history.csv           epoch, loss, val_loss, lr (one row per epoch)
-      loss.png              loss curve (when fedhex_hep.compare.plot_loss is available)
+      loss.png              loss curve (when fedhex_hep.validation.compare.plot_loss is available)
       weights/              final weights (tf.train.Checkpoint of the flow's variables)
       checkpoints/epoch-NNNN/, checkpoints/last/, checkpoints/best/
                             tf.train.Checkpoint (flow + optimizer) + state.json
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.config import Config, ConfigError, load_config
-from fedhex_hep.preprocessing import Preprocessor
+from fedhex_hep.model.preprocessing import Preprocessor
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["ModelDirError", "TrainedModel", "load_model", "REQUIRED_FILES", "checkpoint_prefix"]
 
@@ -37,7 +38,7 @@ WEIGHTS_PREFIX = "weights/weights"
 CKPT_NAME = "ckpt"
 
 
-class ModelDirError(ValueError):
+class ModelDirError(FedhexError, ValueError):
     """A model directory is missing a file or holds an unreadable one; the message names it."""
 
 
@@ -47,7 +48,7 @@ class TrainedModel:
 
     config: Config
     preprocessor: Preprocessor
-    flow: Any  # fedhex_hep.flow.ConditionalFlow or EnsembleFlow
+    flow: Any  # fedhex_hep.model.flow.ConditionalFlow or EnsembleFlow
     path: Path | None = None
     training_label_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     label_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -119,7 +120,7 @@ def load_model(path: str | Path, checkpoint: str | int | None = None) -> Trained
 
     ``checkpoint``: None for the final weights, or "best", "last", "epoch-0010" / 10.
     """
-    from fedhex_hep.flow import build_flow
+    from fedhex_hep.model.flow import build_flow
 
     path = Path(path)
     config, pre, info = read_model_files(path)

@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.atomic import OutputError, atomic_write_text
+from fedhex_hep.io.atomic import OutputError, atomic_write_text
 from fedhex_hep.config import Config, load_config
-from fedhex_hep.dataset import PreparedData, prepare
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.model_io import (
+from fedhex_hep.model.dataset import PreparedData, prepare
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.errors import FedhexError
+from fedhex_hep.model.storage import (
     CKPT_NAME,
     WEIGHTS_PREFIX,
     ModelDirError,
@@ -44,7 +45,7 @@ __all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "outside_spline_range", 
 
 log = logging.getLogger(__name__)
 
-# Column names shared with fedhex_hep.plotting (the loss-curve plot reads this file).
+# Column names shared with fedhex_hep.validation.plotting (the loss-curve plot reads this file).
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr")
 # Validation events per compiled evaluation call (bounds memory for large validation sets).
 _EVAL_CHUNK = 65536
@@ -82,7 +83,7 @@ _MODEL_FILES = (
 )
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FedhexError, RuntimeError):
     """Training could not continue (NaN loss, inconsistent resume); the message says why."""
 
 
@@ -359,7 +360,7 @@ def train(
     import tensorflow as tf
     import tf_keras
 
-    from fedhex_hep.flow import build_flow
+    from fedhex_hep.model.flow import build_flow
 
     _configure_threads(tf)
     # Bit-identical resume needs deterministic kernels (CPU reductions, XLA).
@@ -556,7 +557,7 @@ def train(
 def _maybe_plot_loss(model_dir: Path) -> None:
     """The loss-curve plot belongs to compare (OUTPUT); call it when that module offers it."""
     try:
-        from fedhex_hep import compare
+        from fedhex_hep.validation import compare
     except ImportError:
         return
     plot = getattr(compare, "plot_loss", None)

@@ -12,15 +12,16 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.config import Config
-from fedhex_hep.featureset import FeatureSet
-from fedhex_hep.preprocessing import Preprocessor
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.model.preprocessing import Preprocessor
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["DataError", "PreparedData", "prepare", "split_indices", "label_summary"]
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(FedhexError, ValueError):
     """Unusable training data; the message names the column or the problem."""
 
 

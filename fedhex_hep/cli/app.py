@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from fedhex_hep import __version__
+from fedhex_hep.errors import FedhexError
 
 app = typer.Typer(
     name="fedhex-hep",
@@ -44,7 +45,7 @@ SchedulerOpt = Annotated[
 ]
 
 
-class CLIError(Exception):
+class CLIError(FedhexError):
     """An error to print as one line and exit with status 1."""
 
 
@@ -112,7 +113,7 @@ def make_samples_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write toy inputs: a NanoAOD-like signal grid (default) or the old 2D Gaussian toys."""
-    from fedhex_hep.samples import make_samples
+    from fedhex_hep.io.samples import make_samples
 
     paths = make_samples(
         kind,
@@ -150,11 +151,11 @@ def extract_cmd(
     progress: ProgressOpt = True,
 ) -> None:
     """Run the extraction processor over the input files and save a FeatureSet (parquet)."""
-    from fedhex_hep.atomic import check_writable
+    from fedhex_hep.io.atomic import check_writable
 
     cfg = _load(config, overrides, {"input.paths": inputs or None})
     check_writable(output, overwrite=overwrite)
-    from fedhex_hep.extract import extract
+    from fedhex_hep.extraction.runner import extract
 
     features = extract(cfg, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
     features.save(output, overwrite=overwrite)
@@ -177,8 +178,8 @@ def train_cmd(
     progress: ProgressOpt = True,
 ) -> None:
     """Train the conditional flow; checkpoints land exactly on the epochs asked for."""
-    from fedhex_hep.featureset import FeatureSet
-    from fedhex_hep.train import train
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.model.training import train
 
     if resume:
         from fedhex_hep.config import load_config, parse_override
@@ -234,13 +235,13 @@ def generate_cmd(
     """Sample events at any mass point(s), inside or between the training grid, or scan a mass grid."""
     import numpy as np
 
-    from fedhex_hep.atomic import check_writable
+    from fedhex_hep.io.atomic import check_writable
 
     if scan is not None:
         if method != "flow":
             raise CLIError("--scan needs --method flow (a trained model directory)")
         from fedhex_hep.config import load_config
-        from fedhex_hep.scan import run_scan
+        from fedhex_hep.generation.scan import run_scan
 
         scan_output = check_writable(output or Path("output/scan.root"), overwrite=overwrite)
         gen_cfg = load_config(model / "config.toml").generation
@@ -271,8 +272,8 @@ def generate_cmd(
         parsed_ranges[name] = tuple(values)
 
     if method == "flow":
-        from fedhex_hep.generate import generate
-        from fedhex_hep.model_io import load_model
+        from fedhex_hep.generation.sampling import generate
+        from fedhex_hep.model.storage import load_model
 
         trained = load_model(model)
         gen_cfg = trained.config.generation
@@ -288,8 +289,8 @@ def generate_cmd(
         )
     elif method == "morph":
         from fedhex_hep.config import load_config
-        from fedhex_hep.featureset import FeatureSet
-        from fedhex_hep.morphing import morph_generate
+        from fedhex_hep.io.featureset import FeatureSet
+        from fedhex_hep.generation.morphing import morph_generate
 
         mc = FeatureSet.load(model)
         gen_cfg = load_config().generation
@@ -312,8 +313,8 @@ def export_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write ROOT TTrees and hist histograms (or parquet) for downstream fits."""
-    from fedhex_hep.export import export_parquet, export_root
-    from fedhex_hep.featureset import FeatureSet
+    from fedhex_hep.io.export import export_parquet, export_root
+    from fedhex_hep.io.featureset import FeatureSet
 
     data = FeatureSet.load(features)
     if to == "root":
@@ -338,8 +339,8 @@ def compare_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Plot generated events next to MC (ratio panels, chi2/ndf, KS) at every common mass point."""
-    from fedhex_hep.compare import compare
-    from fedhex_hep.featureset import FeatureSet
+    from fedhex_hep.validation.compare import compare
+    from fedhex_hep.io.featureset import FeatureSet
 
     result = compare(
         FeatureSet.load(generated),
@@ -392,8 +393,8 @@ def validate_cmd(
     """Leave-one-out closure: flow vs moment morphing vs the statistical floor at held-out points."""
     import numpy as np
 
-    from fedhex_hep.featureset import FeatureSet
-    from fedhex_hep.validate import validate
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.validation.closure import validate
 
     cfg = _load(config, overrides)
     points = np.array([_parse_point(t) for t in labels]) if labels else None
@@ -439,7 +440,7 @@ def run_cmd(
 
 def main() -> None:
     """Console-script entry point: one-line errors for bad input instead of tracebacks."""
-    from fedhex_hep.atomic import OutputError
+    from fedhex_hep.io.atomic import OutputError
     from fedhex_hep.config import ConfigError
 
     known: tuple[type[BaseException], ...] = (CLIError, ConfigError, OutputError, FileNotFoundError)

@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "OutputError",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class OutputError(OSError):
+class OutputError(FedhexError, OSError):
     """An output could not be written; the message names the path and the reason."""
 
     def __str__(self) -> str:

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.featureset import FeatureSet
+from fedhex_hep.io.featureset import FeatureSet
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "MorphingError",
@@ -54,7 +55,7 @@ __all__ = [
 MORPH_METHODS = ("moment", "moment_robust", "quantile")
 
 
-class MorphingError(ValueError):
+class MorphingError(FedhexError, ValueError):
     """A point cannot be interpolated (outside the grid, missing corner) or bad input."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from fedhex_hep.errors import FedhexError
 
 __all__ = [
     "MetricsError",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-class MetricsError(ValueError):
+class MetricsError(FedhexError, ValueError):
     """Bad input to a metric (empty sample, mismatched shapes); the message says which."""
 
 

@@ -1,7 +1,7 @@
 """Extraction stage: run the FeatureProcessor over the input fileset and return a FeatureSet.
 
 ``extract(config, executor="iterative" | "futures" | "dask")`` builds the fileset
-(:mod:`fedhex_hep.fileset`), checks every file quickly with uproot *before* coffea runs (opens,
+(:mod:`fedhex_hep.io.fileset`), checks every file quickly with uproot *before* coffea runs (opens,
 has the TTree, has every branch the expressions read, baskets lie inside the file), runs
 ``coffea.processor.Runner`` with the chosen executor, puts the merged events back in file order,
 verifies that no chunk was lost, applies the non-finite policy and the per-label minimum event
@@ -33,14 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.executors import check_executor, dask_client
+from fedhex_hep.extraction.executors import check_executor, dask_client
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
 
 log = logging.getLogger(__name__)
 
 
-class ExtractionError(ValueError):
+class ExtractionError(FedhexError, ValueError):
     """Extraction failed; the one-line message names the file, branch, selection or key."""
 
 
@@ -187,7 +188,7 @@ def _is_read_error(exc: BaseException) -> bool:
 
 def _describe_failure(exc: BaseException) -> tuple[str, str | None]:
     """(one-line message, file at fault if named) for an exception raised through coffea."""
-    from fedhex_hep.expressions import ExpressionError
+    from fedhex_hep.extraction.expressions import ExpressionError
 
     chain = []
     seen: set[int] = set()
@@ -230,9 +231,9 @@ def extract(
     subclass); it must produce the same output layout.
     """
     import fedhex_hep
-    from fedhex_hep.featureset import FeatureSet
-    from fedhex_hep.fileset import build_fileset, fileset_files
-    from processors.extraction import FeatureProcessor, file_id, group_rows
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.io.fileset import build_fileset, fileset_files
+    from fedhex_hep.processors.extraction import FeatureProcessor, file_id, group_rows
 
     inp = config.input
     check_executor(executor, workers)
@@ -382,7 +383,7 @@ def extract(
 
 def _has_sparse_label(labels: np.ndarray, min_events: int) -> bool:
     """Fast check (avoids FeatureSet's row-wise np.unique when nothing would be dropped)."""
-    from processors.extraction import group_rows
+    from fedhex_hep.processors.extraction import group_rows
 
     _, inverse = group_rows(labels)
     return bool(len(inverse)) and int(np.bincount(inverse).min()) < min_events

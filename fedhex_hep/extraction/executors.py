@@ -11,13 +11,14 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
+from fedhex_hep.errors import FedhexError
 
 __all__ = ["EXECUTORS", "ExecutorError", "check_executor", "dask_client"]
 
 EXECUTORS = ("iterative", "futures", "dask")
 
 
-class ExecutorError(ValueError):
+class ExecutorError(FedhexError, ValueError):
     """A bad executor choice or an unreachable dask scheduler; one line naming it."""
 
 

@@ -1,0 +1,1 @@
+"""Extraction: safe expressions, coffea executors and the extraction runner."""

@@ -1,0 +1,1 @@
+"""Generation: sampling the flow, moment morphing, mass scans, efficiencies."""

@@ -1,0 +1,1 @@
+"""The conditional flow: preprocessing, dataset, flow families, training, save/load."""

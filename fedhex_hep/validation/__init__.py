@@ -1,0 +1,1 @@
+"""Validation: closure metrics, the grid's own noise, reports, comparisons and plots."""
