@@ -1,11 +1,11 @@
-"""Training speed: our compiled epoch loop vs the old approach (Keras ``model.fit`` on a
-functional model wrapping the same TFP flow's ``log_prob``), same architecture, batch size,
+"""Training speed: our compiled epoch loop vs a reference implementation (Keras ``model.fit`` on
+a functional model wrapping the same TFP flow's ``log_prob``), same architecture, batch size,
 learning-rate schedule, gradient clipping and data, in the same process.
 
-The old approach wrapped the TFP distribution's own ``log_prob``, which evaluates each MADE
-network twice; ``ConditionalFlow.log_prob`` evaluates it once. ``ratio`` compares with the old
-approach as it was; ``ratio_vs_keras_same_log_prob`` gives ``model.fit`` our one-pass density
-too, so it shows what the training loop alone gains. Validation loss is compared after 20 epochs
+The reference implementation wraps the TFP distribution's own ``log_prob``, which evaluates each
+MADE network twice; ``ConditionalFlow.log_prob`` evaluates it once. ``ratio`` compares with the
+reference implementation; ``ratio_vs_keras_same_log_prob`` gives ``model.fit`` our one-pass
+density too, so it shows what the training loop alone gains. Validation loss is compared after 20 epochs
 by default: after only a few, which run escapes the initial plateau first depends on the shuffle
 and differs by up to ~0.15 nats between shuffles of the same run.
 
@@ -96,9 +96,9 @@ def _ours(fs: Any, cfg: Any, workdir: Path) -> dict[str, Any]:
 
 
 def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
-    """The old code's approach: a Keras functional model whose output is -log_prob, model.fit.
+    """The reference implementation: a Keras functional model whose output is -log_prob, model.fit.
 
-    ``tfp_log_prob=True`` wraps the TFP distribution's own log_prob (what the old code did);
+    ``tfp_log_prob=True`` wraps the TFP distribution's own log_prob (two MADE passes per block);
     False wraps ``ConditionalFlow.log_prob`` (our one-pass density), which isolates what the
     training loop itself gains."""
     import tensorflow as tf
@@ -172,7 +172,7 @@ def run(events: int = 50000, epochs: int = 20, blocks: int = 5, units: int = 64,
 
     # train() asks for TRAIN_INTRA_OP_THREADS intra-op threads when it is the first TensorFlow
     # user of its process; here model.fit runs first, so set it for the whole process: both
-    # sides run with the same threads (the old approach did not tune them; this is generous).
+    # sides run with the same threads (the reference implementation does not tune them; this is generous).
     # ``threads`` (or TF_NUM_INTRAOP_THREADS) overrides it for both sides, e.g. TensorFlow's
     # default (one per core) to see the baseline at its own default.
     threads = int(threads or os.environ.get("TF_NUM_INTRAOP_THREADS") or TRAIN_INTRA_OP_THREADS)
@@ -238,7 +238,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"training speed per epoch, ours / keras model.fit with our one-pass log_prob: "
           f"{result['ratio_vs_keras_same_log_prob']:.2f}x")
-    print(f"training speed per epoch, ours / keras model.fit (old approach, TFP log_prob): {result['ratio']:.2f}x "
+    print(f"training speed per epoch, ours / keras model.fit (reference implementation, TFP log_prob): {result['ratio']:.2f}x "
           f"(all epochs including the first with its tracing: {result['ratio_incl_first_epoch']:.2f}x; "
           f"whole train() call with its files vs model.fit(): {result['ratio_whole_call']:.2f}x)")
 

@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite benchmarks/RESULTS.md.
 
-    python benchmarks/run_all.py --repeats 3 --e2e-repeats 1  # full sizes (about 35 minutes on 2 cores)
+    python benchmarks/run_all.py --repeats 3 --e2e-repeats 1  # full sizes
     python benchmarks/run_all.py --quick    # small sizes, a smoke test of the machinery
 
 Each benchmark runs in a fresh Python process (TensorFlow and coffea keep process-wide state,
@@ -117,7 +117,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Produced by `python benchmarks/run_all.py{' --quick' if args.quick else ''} --repeats {args.repeats}"
         f"{f' --e2e-repeats {args.e2e_repeats}' if args.e2e_repeats else ''}` "
-        f"on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Each figure is the median over "
+        f"on {results.get('measured_utc', f'{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}')} UTC. Each figure is the median over "
         f"{args.repeats} run(s) ({len(e2e['all_seconds'])} for the end-to-end run); both sides of every "
         "comparison ran in the same run, so read the ratios."
         + (" Rendered with `--from-raw` from a raw results file; the stages it held were not rerun." if args.from_raw else ""),
@@ -147,7 +147,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     ratio = median_of(tr, "ratio")
     lines.append(
         f"| train ({arch}) | events/s per epoch, steady state (after the first epoch) "
-        f"| {ours:,.0f} | {keras:,.0f} (old approach: Keras `model.fit` on the same flow, TFP's `log_prob`) "
+        f"| {ours:,.0f} | {keras:,.0f} (reference implementation (unfused): Keras `model.fit` on the same flow, TFP's `log_prob`) "
         f"| {ratio:.2f}x | >= 2x | {'yes' if ratio >= 2 else 'no'} |"
     )
     same = median_of(tr, "keras_fit_same_log_prob_events_per_s_per_epoch")
@@ -160,29 +160,29 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     keras_all = median_of(tr, "keras_fit_events_per_s_incl_first_epoch")
     lines.append(
         f"| train | events/s over all epochs, first epoch (graph tracing) included "
-        f"| {ours_all:,.0f} | {keras_all:,.0f} (old approach) | {median_of(tr, 'ratio_incl_first_epoch'):.2f}x | (for information) | |"
+        f"| {ours_all:,.0f} | {keras_all:,.0f} (reference implementation) | {median_of(tr, 'ratio_incl_first_epoch'):.2f}x | (for information) | |"
     )
     lines.append(
         f"| train | first epoch (graph tracing) | {median_of(tr, 'ours_first_epoch_s'):.2f} s "
-        f"| {median_of(tr, 'keras_fit_first_epoch_s'):.2f} s (old approach) | | | |"
+        f"| {median_of(tr, 'keras_fit_first_epoch_s'):.2f} s (reference implementation) | | | |"
     )
     lines.append(
         f"| train | whole call: `train()` with its model files and plot vs `model.fit()` alone | {median_of(tr, 'ours_total_s'):.1f} s "
-        f"| {median_of(tr, 'keras_fit_total_s'):.1f} s (old approach) | {median_of(tr, 'ratio_whole_call'):.2f}x (speed) | (for information) | |"
+        f"| {median_of(tr, 'keras_fit_total_s'):.1f} s (reference implementation) | {median_of(tr, 'ratio_whole_call'):.2f}x (speed) | (for information) | |"
     )
     td = results.get("train_default_threads")
     if td:
         n_threads = td[0]["intra_op_threads_both_sides"]
-        r_old, r_same = median_of(td, "ratio"), median_of(td, "ratio_vs_keras_same_log_prob")
+        r_ref, r_same = median_of(td, "ratio"), median_of(td, "ratio_vs_keras_same_log_prob")
         lines.append(
             f"| train, both sides with {n_threads} intra-op threads (TensorFlow's default here) | events/s per epoch, steady state "
-            f"| {median_of(td, 'ours_events_per_s_per_epoch'):,.0f} | {median_of(td, 'keras_fit_events_per_s_per_epoch'):,.0f} (old approach); "
+            f"| {median_of(td, 'ours_events_per_s_per_epoch'):,.0f} | {median_of(td, 'keras_fit_events_per_s_per_epoch'):,.0f} (reference implementation); "
             f"{median_of(td, 'keras_fit_same_log_prob_events_per_s_per_epoch'):,.0f} (`model.fit`, one-pass log_prob) "
-            f"| {r_old:.2f}x; {r_same:.2f}x | >= 2x (old approach) | {'yes' if r_old >= 2 else 'no'} |"
+            f"| {r_ref:.2f}x; {r_same:.2f}x | >= 2x (reference implementation) | {'yes' if r_ref >= 2 else 'no'} |"
         )
     vo, vk = median_of(tr, "ours_val_loss"), median_of(tr, "keras_fit_val_loss")
     lines.append(
-        f"| train | validation loss after {tr[0]['epochs']} epochs | {vo:.4f} | {vk:.4f} (old approach) | {vo - vk:+.4f} (difference) "
+        f"| train | validation loss after {tr[0]['epochs']} epochs | {vo:.4f} | {vk:.4f} (reference implementation) | {vo - vk:+.4f} (difference) "
         f"| equal or better | {'yes' if vo <= vk + 0.01 else 'no'} |"
     )
     by_n: dict[int, list[dict[str, Any]]] = {}
@@ -220,28 +220,21 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "Notes:",
         "",
-        "- Training, old approach: a Keras functional model wrapping the flow's TFP `TransformedDistribution.log_prob`,",
+        "- Training, reference implementation (unfused): a Keras functional model wrapping the flow's TFP `TransformedDistribution.log_prob`,",
         "  trained with `model.fit` (same architecture, batch size, data, Adam schedule and gradient clipping). TFP's",
         "  masked autoregressive flow evaluates each MADE network twice per `log_prob`; our `ConditionalFlow.log_prob`",
         "  evaluates it once. The second training row gives `model.fit` our one-pass density as well, so it shows",
         "  what the training loop alone (one compiled graph per epoch, fused Adam, XLA validation pass) gains.",
-        "- Both training sides run with the intra-op thread count that `train()` uses (1; see `fedhex_hep/train.py`);",
-        "  the row 'both sides with N intra-op threads' repeats the comparison at TensorFlow's default, so the old",
-        "  approach is also measured at its own default setting.",
+        "- Both training sides run with the intra-op thread count that `train()` uses (see `fedhex_hep/model/training.py`);",
+        "  the row 'both sides with N intra-op threads' repeats the comparison at TensorFlow's default, so the",
+        "  reference implementation is also measured at its own default setting.",
         "- Steady state is the median epoch after the first; each epoch covers its training and validation passes on",
         "  both sides. The first epoch holds graph tracing on both sides. The whole-call row includes what `train()`",
         "  writes per epoch (checkpoints `best`/`last`, history) and the loss plot, against `model.fit()` alone.",
         "- Validation loss is compared after 20 epochs: after only a few epochs it depends on when a run leaves its",
         "  initial plateau, which varies with the shuffle by up to ~0.15 nats.",
-        "- The end-to-end run trains the default model (a mixture of 3 flows, the two blocks nearest the base",
-        "  rational-quadratic splines, all 300 epochs); training is most of its time. With affine blocks only, the",
-        "  default until the ninth session, the same run took 285 s (on an AMD EPYC, 2 cores).",
+        "- The end-to-end run trains the default model of `fedhex_hep/default.toml`; training is most of its time.",
     ]
-    if e2e["seconds"] > 300 and not e2e.get("epochs"):
-        lines += [
-            "- The 5-minute end-to-end goal is not met: the closure at held-out mass points needs the spline blocks",
-            "  (README, issue 6), and training them in one pass (fifteenth session) gains 1.2x (README, Benchmarks).",
-        ]
     lines += ["", "Raw results (JSON):", "", "```json", json.dumps(results, indent=1, default=float), "```", ""]
     return "\n".join(lines)
 
@@ -251,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: check the machinery, not the goals")
     parser.add_argument("--repeats", type=int, default=3, help="runs per benchmark; medians are reported")
     parser.add_argument("--e2e-repeats", type=int, default=None,
-                        help="runs of the end-to-end `fedhex-hep run` (default: --repeats); one takes about 15 minutes")
+                        help="runs of the end-to-end `fedhex-hep run` (default: --repeats)")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of the end-to-end run")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--raw", type=Path, default=Path(tempfile.gettempdir()) / "fedhex_bench_raw.json",
@@ -275,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedhex_hep.io.atomic import atomic_write_text
 
     results: dict[str, Any] = json.loads(args.from_raw.read_text()) if args.from_raw else {}
+    results.setdefault("measured_utc", f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}")
     sizes["train_default_threads"] = {**sizes["train"], "threads": os.cpu_count() or 1}
     stages = (("extract", "bench_extract"), ("train", "bench_train"), ("train_default_threads", "bench_train"),
               ("generate", "bench_generate"))
