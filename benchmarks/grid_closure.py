@@ -1,4 +1,4 @@
-"""Closure at the training grid points of a `fedhex-hep run` folder (the README's issue-4 table).
+"""Closure at the training grid points of a `fedhex-hep run` folder (the grid-point closure table of docs/results.md).
 
     python benchmarks/grid_closure.py output/run-YYYYmmdd-HHMMSS [--events 20000]
 
