@@ -86,6 +86,14 @@ def test_readme_links_the_reference_pages():
     assert {"docs/configuration.md", "docs/results.md", "ARCHITECTURE.md"} <= targets
 
 
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_code_fences_are_balanced(doc):
+    """A fence line is a bare ``` or ```lang: text after a closing fence would swallow a paragraph."""
+    fences = [line for line in doc.read_text().splitlines() if line.lstrip().startswith("```")]
+    assert len(fences) % 2 == 0
+    assert all(re.fullmatch(r"\s*```\w*", line) for line in fences), fences
+
+
 def test_readme_python_examples_compile():
     """Every ```python block of the README is meant to run; at least it must compile."""
     blocks = [code for lang, code in FENCE.findall(README.read_text()) if lang == "python"]
