@@ -81,6 +81,24 @@ def test_relative_links_point_to_files_in_the_repository(doc):
     assert broken == []
 
 
+ARCHITECTURE = REPO / "ARCHITECTURE.md"
+
+
+def test_architecture_names_every_stage_folder():
+    """The one-page map matches the tree: every sub-package of fedhex_hep/ has its row."""
+    text = ARCHITECTURE.read_text()
+    folders = [p.name for p in (REPO / "fedhex_hep").iterdir() if (p / "__init__.py").is_file() and not p.is_symlink()]
+    assert len(folders) >= 5
+    assert [f for f in folders if f"`fedhex_hep/{f}/`" not in text] == []
+    assert "`processors/`" in text and "`fedhex_hep/errors.py`" in text and "`fedhex_hep/config.py`" in text
+
+
+@pytest.mark.xfail(strict=False, reason="naming.py and binning.py land with the restructuring branch")
+def test_architecture_paths_exist():
+    paths = set(re.findall(r"`((?:fedhex_hep|processors|benchmarks|tests)/[\w/.]*)`", ARCHITECTURE.read_text()))
+    assert paths and sorted(p for p in paths if not (REPO / p).exists()) == []
+
+
 def test_readme_links_the_reference_pages():
     targets = set(LINK.findall(README.read_text()))
     assert {"docs/configuration.md", "docs/results.md", "ARCHITECTURE.md"} <= targets
