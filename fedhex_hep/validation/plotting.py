@@ -3,7 +3,8 @@
 Figures are built on matplotlib's object API with an Agg canvas (no pyplot state, no display
 needed, nothing left open) inside ``mplhep.style.CMS``. Every save goes to a temporary name
 in the target folder and is renamed when complete (:func:`fedhex_hep.io.atomic.atomic_path`).
-Units: GeV; axis labels are the feature names from the FeatureSet, e.g. ``phi [GeV]``.
+Axis labels are given by the caller with their units, e.g. ``phi [GeV]`` (compare takes the units
+from the configuration in the FeatureSet metadata).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def plot_overlay(
         rax.errorbar(centers[ok], ratio[ok], yerr=r_err[ok], fmt="o", color=GEN_COLOR, markersize=4)
         rax.set_ylim(0.5, 1.5)
         rax.set_ylabel("Gen / MC")
-        rax.set_xlabel(f"{feature} [GeV]")
+        rax.set_xlabel(feature)
         rax.set_xlim(edges[0], edges[-1])
         fig.align_ylabels([ax, rax])
     return fig
@@ -243,8 +244,8 @@ def plot_2d_side_by_side(
         for ax, values, name in zip(axes, panels, ("Generated (flow)", "MC")):
             shown = np.where(values > 0, values, np.nan).T
             mesh = ax.pcolormesh(edges_x, edges_y, shown, norm=norm, cmap="viridis", shading="flat")
-            ax.set_xlabel(f"{features[0]} [GeV]")
-            ax.set_ylabel(f"{features[1]} [GeV]")
+            ax.set_xlabel(features[0])
+            ax.set_ylabel(features[1])
             ax.set_title(name, loc="left")
         fig.colorbar(mesh, ax=list(axes), label="Fraction of events / bin", pad=0.02)
         fig.suptitle(title, fontsize=20)
@@ -301,8 +302,8 @@ def plot_label_plane(
                     zorder=5,
                 )
                 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=15, frameon=False)
-            ax.set_xlabel(f"{features[0]} [GeV]")
-            ax.set_ylabel(f"{features[1]} [GeV]")
+            ax.set_xlabel(features[0])
+            ax.set_ylabel(features[1])
             ax.set_title(f"{name}: all mass points", loc="left")
     return fig
 
