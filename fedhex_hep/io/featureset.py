@@ -197,7 +197,7 @@ class FeatureSet:
         return counts
 
     def drop_sparse_labels(self, min_events: int) -> tuple["FeatureSet", list[dict[str, Any]]]:
-        """Drop label points with fewer than ``min_events`` events (the old ``thresh``).
+        """Drop label points with fewer than ``min_events`` events.
 
         Returns (kept, dropped) where dropped lists ``{"label": {...}, "events": n}``.
         """
