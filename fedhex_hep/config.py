@@ -69,6 +69,7 @@ class InputConfig:
     nonfinite: str = "drop"
     features: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)  # axis labels of features and labels
 
 
 @dataclass
@@ -174,6 +175,7 @@ class Config:
 _FREE_TABLES = {
     ("input", "features"),
     ("input", "labels"),
+    ("input", "units"),
     ("preprocessing", "features"),
     ("preprocessing", "labels"),
     ("generation", "ranges"),

@@ -1,43 +1,53 @@
-"""FeatureProcessor: a configurable coffea processor that turns events into training features.
+"""FeatureProcessor: a coffea processor that turns events into training features and histograms.
 
-The selection, the features, the labels and the optional weight are expressions of the safe
-expression language (:mod:`fedhex_hep.extraction.expressions`) over branch names, e.g. the reference
-analysis::
+Features, labels, the selection and the weight are either callables on the chunk's events
+(Python users; NanoEvents with ``NanoAODSchema``) or expression strings of the safe expression
+language (:mod:`fedhex_hep.extraction.expressions`, what configs hold)::
 
     FeatureProcessor(
-        features={"phi": "CBL_RecoPhi_mass", "omega": "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]"},
-        labels={"labelphi": "GenPhi_mass[0]", "labelomega": "GenOmega_mass[0]"},
-        selection="CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220",
+        features={"mll": lambda ev: (ev.Muon[:, 0] + ev.Muon[:, 1]).mass, "pt1": "Muon_pt[0]"},
+        labels={"mZ": "mZ"},                      # here a number in the fileset's metadata
+        selection=lambda ev: ak.num(ev.Muon) >= 2,
+        weight="genWeight",
+        schema="nanoaod",
+        ranges={"mll": (60, 120)},
+        units={"mll": "GeV", "pt1": "GeV", "mZ": "GeV"},
     )
 
-Names resolve first to branches -- flat names such as ``Photon_pt`` work with ``BaseSchema``
-and with ``NanoAODSchema`` (``events.Photon.pt``; ``nPhoton`` is the number of photons) --
-then to the dataset's metadata (e.g. ``Phi`` parsed from the folder ``Phi_1870_omega_9p025``),
-a scalar broadcast to every event.
+Names in expressions resolve first to branches -- flat names such as ``Photon_pt`` work with
+``BaseSchema`` and with ``NanoAODSchema`` (``events.Photon.pt``; ``nPhoton`` is the number of
+photons) -- then to the dataset's metadata (e.g. ``Phi`` parsed from the folder
+``Phi_1870_omega_9p025``), a scalar broadcast to every event. Selection, labels and weight are
+evaluated on every event (read counts and generator-level labels are needed for efficiencies),
+features on the selected events only (a callable feature receives ``events[selection]``).
 
-``process(events)`` returns a dict of coffea accumulators that merge across chunks:
+``process(events)`` returns a dict of accumulators that merge across chunks; everything is
+filled in ``process``, so a processor that embeds this one gets complete output without
+forwarding ``postprocess``:
 
-- ``"columns"``: ``column_accumulator`` (float64 numpy) per feature, label and ``weight``, plus
-  ``_fileid`` (a stable 63-bit hash of the file name) and ``_entry`` (entry number in the file)
-  so a merged result can be put back in file order whatever order chunks finished in;
-- ``"cutflow"``: ``{dataset: {label point (JSON list): {"read": n, "selected": k}}}`` -- the
-  selection is evaluated on every event, labels too (generator-level labels of unselected
-  events are needed for efficiencies), features and weight only on selected events;
-- ``"hists"``: per feature a ``hist.Hist`` with a ``point`` category axis (the label point,
-  ``"labelphi=1870,labelomega=9.025"``) and the feature axis (``bins`` bins, Weight storage).
-  Features with a fixed ``ranges`` entry are filled in ``process``; the others get an automatic
-  range from the merged data in ``postprocess`` (which coffea's Runner calls).
+- ``"hists"``: per feature with a range (``ranges``) a ``hist.Hist`` with a ``dataset``
+  StrCategory axis, one IntCategory axis per label holding ``round(value * 10**label_decimals)``
+  (``label_decimals = 3``: label 9.025 is category 9025) and the feature axis (``bins`` bins),
+  Weight storage; axis labels carry ``units``;
+- ``"cutflow"``: ``{dataset: {label values (tuple of floats, None where undefined): {"read",
+  "selected", "sumw_read", "sumw2_read", "sumw", "sumw2"}}}`` -- event counts and sums of weights
+  (and of squared weights) of all events read and of the selected ones (non-finite weights of
+  events outside the selection count as 0);
+- ``"columns"``: ``column_accumulator`` (float64) per feature, label and ``weight``, plus
+  ``_fileid`` and ``_entry`` so that a merged result can be put back in file order.
 
-The processor is stateless and picklable (it only holds the expression texts), so another
-analysis can instantiate it and call ``process`` from its own processor.
+``postprocess`` adds automatic-range histograms for the features without a range (the
+extraction runner's use). The processor holds only the expressions (and callables), so it pickles
+and another analysis can instantiate it and call ``process`` from its own processor.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import re
+import difflib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Union
 
 import awkward as ak
 import numpy as np
@@ -45,7 +55,7 @@ from coffea import processor
 
 from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
 
-__all__ = ["FeatureProcessor", "point_key", "file_id", "resolve_branch"]
+__all__ = ["FeatureProcessor", "file_id", "resolve_branch", "group_rows", "Source"]
 
 SCHEMAS = ("base", "nanoaod")
 
@@ -53,11 +63,6 @@ SCHEMAS = ("base", "nanoaod")
 def file_id(filename: str) -> int:
     """Stable non-negative int64 id of a file name (the same in every process)."""
     return int.from_bytes(hashlib.blake2b(filename.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def point_key(names: Sequence[str], values: Sequence[float]) -> str:
-    """Histogram category of a label point: ``"labelphi=1870,labelomega=9.025"``."""
-    return ",".join(f"{n}={float(v):.10g}" for n, v in zip(names, values))
 
 
 def group_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,21 +93,6 @@ def group_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key = key.reshape(-1).astype(np.int64)
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     return table[first], inverse.reshape(-1).astype(np.int64)
-
-
-def _fill_per_point(h: Any, name: str, names: Sequence[str], table: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
-    """Fill ``h`` point by point: one category string per fill is ~10x faster than a string per event."""
-    good = np.isfinite(values)
-    if not good.any():
-        return
-    table, values, weights = table[good], values[good], weights[good]
-    points, inverse = group_rows(table)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(len(points) + 1))
-    for i, point in enumerate(points):
-        rows = order[bounds[i] : bounds[i + 1]]
-        label = [np.nan if v == -np.inf else v for v in point]
-        h.fill(point=point_key(names, label), **{name: values[rows]}, weight=weights[rows])
 
 
 def resolve_branch(events: Any, name: str) -> Any | None:
@@ -173,6 +163,13 @@ class _Namespace(Mapping[str, Any]):
         self.mask = mask
         self.parent = parent  # all-events namespace whose branches were already read
         self.cache: dict[str, Any] = {}
+        self._view: Any = None
+
+    def view(self) -> Any:
+        """The events themselves (restricted to ``mask``): what a callable source receives."""
+        if self._view is None:
+            self._view = self.events if self.mask is None else self.events[self.mask]
+        return self._view
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.cache:
@@ -201,7 +198,7 @@ class _Namespace(Mapping[str, Any]):
         return len(self.cache)
 
 
-def _per_event(value: Any, n: int, what: str, expr: Expression) -> np.ndarray:
+def _per_event(value: Any, n: int, what: str, expr: Any) -> np.ndarray:
     """One float64 per event (missing -> NaN) from an expression result."""
     if isinstance(value, ak.Array):
         layout = value.layout
@@ -228,42 +225,130 @@ def _per_event(value: Any, n: int, what: str, expr: Expression) -> np.ndarray:
     return array
 
 
-def _mask(value: Any, n: int, expr: Expression) -> np.ndarray:
+def _mask(value: Any, n: int, expr: Any) -> np.ndarray:
     """Selection result -> boolean mask; missing values and NaN are False."""
     column = _per_event(value, n, "selection", expr)
     return (column != 0) & ~np.isnan(column)
 
 
-class FeatureProcessor(processor.ProcessorABC):
-    """Selection + features + labels + weight from expression strings (see module docstring).
 
-    ``ranges`` optionally fixes the histogram range ``(lo, hi)`` (GeV) of some features.
+#: A feature, label, selection or weight: an expression string, or a callable on the events.
+Source = Union[str, Callable[[Any], Any]]
+
+_QUOTED = re.compile(r"'([^']+)'")
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest known name, or an empty string."""
+    match = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class _Call:
+    """A callable source, evaluated like an :class:`Expression` on a namespace's events."""
+
+    names: frozenset[str] = frozenset()
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.text = getattr(fn, "__qualname__", None) or repr(fn)
+
+    def evaluate(self, namespace: "_Namespace") -> Any:
+        events = namespace.view()
+        try:
+            return self.fn(events)
+        except ExpressionError:
+            raise
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            text = " ".join(str(exc).split())[:200]
+            hint = ""
+            if isinstance(exc, (AttributeError, KeyError)) and _QUOTED.search(text):
+                hint = _did_you_mean(_QUOTED.search(text).group(1), getattr(events, "fields", []))
+            raise ExpressionError(f"callable {self.text}: {type(exc).__name__}: {text}{hint}") from None
+
+
+def _compile(key: str, source: Any) -> Any:
+    """Expression for a string, _Call for a callable, None for an empty source."""
+    if callable(source):
+        return _Call(source)
+    if source is None or not str(source).strip():
+        return None
+    try:
+        return compile_expression(str(source))
+    except ExpressionError as exc:
+        raise ExpressionError(f"{key}: {exc}") from None
+
+
+def _label_codes(values: np.ndarray, decimals: int) -> np.ndarray:
+    """Integer category of each label value: ``round(value * 10**decimals)``."""
+    return np.rint(values * 10.0**decimals).astype(np.int64)
+
+
+def _dataset_id(dataset: str) -> int:
+    return file_id("dataset:" + dataset)
+
+
+def _cutflow(table: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> dict[tuple, dict[str, float]]:
+    """Counts and sums of weights per label point, of all events and of the selected ones."""
+    out: dict[tuple, dict[str, float]] = {}
+    if not len(table):
+        return out
+    points, inverse = group_rows(table)
+    w = np.where(np.isfinite(weights), weights, 0.0)
+    size = len(points)
+    sums = {
+        "read": np.bincount(inverse, minlength=size),
+        "selected": np.bincount(inverse[mask], minlength=size),
+        "sumw_read": np.bincount(inverse, w, minlength=size),
+        "sumw2_read": np.bincount(inverse, w**2, minlength=size),
+        "sumw": np.bincount(inverse[mask], w[mask], minlength=size),
+        "sumw2": np.bincount(inverse[mask], w[mask] ** 2, minlength=size),
+    }
+    for i, point in enumerate(points):
+        key = tuple(None if v == -np.inf else float(v) for v in point)
+        out[key] = {k: (int(v[i]) if k in ("read", "selected") else float(v[i])) for k, v in sums.items()}
+    return out
+
+
+class FeatureProcessor(processor.ProcessorABC):
+    """Selection, features, labels and weight from callables or expression strings (see the module docstring).
+
+    ``ranges``: histogram range ``(lo, hi)`` per feature (in its unit); ``units``: unit per column
+    for axis labels (none when absent); ``label_decimals``: resolution of the label axes.
     """
 
     def __init__(
         self,
-        features: Mapping[str, str],
-        labels: Mapping[str, str],
-        selection: str = "",
-        weight: str = "",
+        features: Mapping[str, Any],
+        labels: Mapping[str, Any],
+        selection: Any = "",
+        weight: Any = "",
         schema: str = "base",
         bins: int = 40,
         ranges: Mapping[str, Sequence[float]] | None = None,
+        units: Mapping[str, str] | None = None,
+        label_decimals: int = 3,
     ) -> None:
         if not features:
-            raise ValueError("FeatureProcessor needs at least one feature")
+            raise ExpressionError("FeatureProcessor needs at least one feature")
         if schema not in SCHEMAS:
-            raise ValueError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
-        self.features = {str(k): str(v) for k, v in features.items()}
-        self.labels = {str(k): str(v) for k, v in labels.items()}
-        self.selection = selection.strip()
-        self.weight = weight.strip()
+            raise ExpressionError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
+        keep = lambda v: v if callable(v) else str(v).strip()  # noqa: E731
+        self.features = {str(k): keep(v) for k, v in features.items()}
+        self.labels = {str(k): keep(v) for k, v in labels.items()}
+        self.selection = keep(selection) if selection is not None else ""
+        self.weight = keep(weight) if weight is not None else ""
         self.schema = schema
         self.bins = int(bins)
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (ranges or {}).items()}
+        self.units = {str(k): str(v) for k, v in (units or {}).items()}
+        self.label_decimals = int(label_decimals)
         names = [*self.features, *self.labels]
         if len(set(names)) != len(names) or "weight" in names:
-            raise ValueError("feature and label names must be distinct and not 'weight'")
+            raise ExpressionError("feature and label names must be distinct and not 'weight'")
+        unknown = [k for k in self.ranges if k not in self.features]
+        if unknown:
+            raise ExpressionError(f"ranges: {unknown[0]!r} is not a feature{_did_you_mean(unknown[0], list(self.features))}")
         # Compile now: a bad expression fails at construction, before any file is opened.
         self._compiled()
 
@@ -277,29 +362,23 @@ class FeatureProcessor(processor.ProcessorABC):
             weight=input_config.weight,
             schema=input_config.schema,
             bins=bins,
+            units=getattr(input_config, "units", None),
         )
 
     def _compiled(self) -> dict[str, Any]:
-        def compile_one(key: str, text: str) -> Expression:
-            try:
-                return compile_expression(text)
-            except ExpressionError as exc:
-                raise ExpressionError(f"{key}: {exc}") from None
-
         return {
-            "selection": compile_one("selection", self.selection) if self.selection else None,
-            "weight": compile_one("weight", self.weight) if self.weight else None,
-            "features": {n: compile_one(f"feature {n!r}", t) for n, t in self.features.items()},
-            "labels": {n: compile_one(f"label {n!r}", t) for n, t in self.labels.items()},
+            "selection": _compile("selection", self.selection),
+            "weight": _compile("weight", self.weight),
+            "features": {n: _compile(f"feature {n!r}", t) for n, t in self.features.items()},
+            "labels": {n: _compile(f"label {n!r}", t) for n, t in self.labels.items()},
         }
 
     @property
     def names(self) -> frozenset[str]:
-        """Every name the expressions read (branches or metadata keys)."""
+        """Every name the expression strings read (branches or metadata keys); callables read none."""
         compiled = self._compiled()
-        exprs = [*compiled["features"].values(), *compiled["labels"].values()]
-        exprs += [e for e in (compiled["selection"], compiled["weight"]) if e is not None]
-        return frozenset().union(*(e.names for e in exprs))
+        exprs = [*compiled["features"].values(), *compiled["labels"].values(), compiled["selection"], compiled["weight"]]
+        return frozenset().union(*(e.names for e in exprs if e is not None))
 
     def branches(self, metadata: Mapping[str, Any] | None = None) -> list[str]:
         """Names that must be branches of the tree: all names except the metadata keys."""
@@ -310,93 +389,88 @@ class FeatureProcessor(processor.ProcessorABC):
     def column_names(self) -> list[str]:
         return [*self.features, *self.labels, "weight"]
 
+    def _label(self, name: str) -> str:
+        unit = self.units.get(name, "")
+        return f"{name} [{unit}]" if unit else name
+
     def _new_hist(self, name: str, lo: float, hi: float) -> Any:
         import hist
 
-        return (
-            hist.Hist.new.StrCat([], name="point", label="label point", growth=True)
-            .Reg(self.bins, lo, hi, name=name, label=f"{name} [GeV]")
-            .Weight()
-        )
+        axes = [hist.axis.StrCategory([], name="dataset", label="dataset", growth=True)]
+        for label in self.labels:
+            scale = f" x 10^{self.label_decimals}" if self.label_decimals else ""
+            axes.append(hist.axis.IntCategory([], name=label, label=self._label(label) + scale, growth=True))
+        axes.append(hist.axis.Regular(self.bins, lo, hi, name=name, label=self._label(name)))
+        return hist.Hist(*axes, storage=hist.storage.Weight())
+
+    def _fill(self, h: Any, name: str, datasets: Sequence[str], codes: np.ndarray, table: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+        """Fill ``h`` with the events whose feature and labels are finite; one fill per dataset."""
+        good = np.isfinite(values) & np.all(np.isfinite(table), axis=1) & np.isfinite(weights)
+        for i, dataset in enumerate(datasets):
+            rows = good & (codes == i)
+            if rows.any():
+                labels = {n: _label_codes(table[rows, j], self.label_decimals) for j, n in enumerate(self.labels)}
+                h.fill(dataset=dataset, **labels, **{name: values[rows]}, weight=weights[rows])
+
+    def _evaluate(self, expr: Any, namespace: _Namespace, what: str, n: int, where: str) -> np.ndarray:
+        """One float64 per event of ``namespace`` for a compiled source."""
+        try:
+            value = expr.evaluate(namespace)
+        except ExpressionError as exc:
+            raise ExpressionError(f"{what}: {exc}{where}") from None
+        if what == "selection":
+            return _mask(value, n, expr)
+        return _per_event(value, n, what, expr)
+
+    def _columns(self, compiled: dict[str, Any], events: Any, metadata: dict[str, Any], where: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """(selected columns, selection mask, label table of all events, weights of all events)."""
+        n = len(events)
+        everything = _Namespace(events, metadata)
+        sel = compiled["selection"]
+        mask = np.ones(n, dtype=bool) if sel is None else self._evaluate(sel, everything, "selection", n, where)
+        table = np.zeros((n, len(self.labels)))
+        for j, (name, expr) in enumerate(compiled["labels"].items()):
+            table[:, j] = self._evaluate(expr, everything, f"label {name!r}", n, where)
+        w = compiled["weight"]
+        weights = np.ones(n) if w is None else self._evaluate(w, everything, "weight", n, where)
+        n_sel = int(mask.sum())
+        chosen = _Namespace(events, metadata, mask, parent=everything)
+        columns = {name: self._evaluate(e, chosen, f"feature {name!r}", n_sel, where) for name, e in compiled["features"].items()}
+        columns.update({name: table[mask, j] for j, name in enumerate(self.labels)})
+        columns["weight"] = weights[mask]
+        return columns, mask, table, weights
 
     def process(self, events: Any) -> dict[str, Any]:
-        compiled = self._compiled()
         metadata = dict(getattr(events, "metadata", None) or {})
         dataset = str(metadata.get("dataset", ""))
         filename = str(metadata.get("filename", ""))
         where = f" (file {filename})" if filename else ""
-        n = len(events)
-
-        def evaluate(expr: Expression, namespace: _Namespace, what: str) -> Any:
-            try:
-                return expr.evaluate(namespace)
-            except ExpressionError as exc:
-                raise ExpressionError(f"{what}: {exc}{where}") from None
-
-        everything = _Namespace(events, metadata)
-        if compiled["selection"] is None:
-            mask = np.ones(n, dtype=bool)
-        else:
-            sel = compiled["selection"]
-            mask = _mask(evaluate(sel, everything, "selection"), n, sel)
-        label_names = list(self.labels)
-        labels_all = {
-            name: _per_event(evaluate(e, everything, f"label {name!r}"), n, f"label {name!r}", e)
-            for name, e in compiled["labels"].items()
-        }
-        n_sel = int(mask.sum())
-        chosen = _Namespace(events, metadata, mask, parent=everything)
-        columns: dict[str, np.ndarray] = {}
-        for name, expr in compiled["features"].items():
-            value = evaluate(expr, chosen, f"feature {name!r}")
-            columns[name] = _per_event(value, n_sel, f"feature {name!r}", expr)
-        for name in label_names:
-            columns[name] = labels_all[name][mask]
-        if compiled["weight"] is None:
-            columns["weight"] = np.ones(n_sel)
-        else:
-            w = compiled["weight"]
-            columns["weight"] = _per_event(evaluate(w, chosen, "weight"), n_sel, "weight", w)
+        columns, mask, table, weights = self._columns(self._compiled(), events, metadata, where)
+        n_sel = len(columns["weight"])
         entry_start = int(metadata.get("entrystart", 0) or 0)
         columns["_fileid"] = np.full(n_sel, file_id(filename), dtype=np.int64)
         columns["_entry"] = (np.flatnonzero(mask) + entry_start).astype(np.int64)
-
-        # cutflow per label point: events read and selected
-        cutflow: dict[str, dict[str, dict[str, int]]] = {dataset: {}}
-        if label_names:
-            table = np.stack([labels_all[k] for k in label_names], axis=1)
-        else:
-            table = np.zeros((n, 0))
-        if n:
-            points, inverse = group_rows(table)
-            read = np.bincount(inverse, minlength=len(points))
-            sel_counts = np.bincount(inverse[mask], minlength=len(points))
-            for i, point in enumerate(points):
-                values = [None if v == -np.inf else float(v) for v in point]
-                cutflow[dataset][json.dumps(values)] = {"read": int(read[i]), "selected": int(sel_counts[i])}
-
+        columns["_dataset"] = np.full(n_sel, _dataset_id(dataset), dtype=np.int64)
         hists = {}
-        if self.ranges:
-            for name, (lo, hi) in self.ranges.items():
-                if name not in self.features:
-                    continue
-                h = self._new_hist(name, lo, hi)
-                _fill_per_point(h, name, label_names, table[mask], columns[name], columns["weight"])
-                hists[name] = h
-
+        for name, (lo, hi) in self.ranges.items():
+            hists[name] = self._new_hist(name, lo, hi)
+            codes = np.zeros(n_sel, dtype=np.int64)
+            self._fill(hists[name], name, [dataset], codes, table[mask], columns[name], columns["weight"])
         return {
             "columns": {k: processor.column_accumulator(v) for k, v in columns.items()},
-            "cutflow": cutflow,
+            "cutflow": {dataset: _cutflow(table, mask, weights)},
+            "datasets": {(_dataset_id(dataset), dataset)},
             "hists": hists,
         }
 
     def postprocess(self, accumulator: dict[str, Any]) -> dict[str, Any]:
-        """Fill automatic-range histograms for the features without a fixed range."""
+        """Add automatic-range histograms for the features without a range (from the merged columns)."""
         columns = {k: v.value for k, v in accumulator["columns"].items()}
-        label_names = list(self.labels)
         hists = dict(accumulator.get("hists") or {})
-        weight = columns["weight"]
-        table = np.stack([columns[k] for k in label_names], axis=1) if label_names else np.zeros((len(weight), 0))
+        names = dict(accumulator.get("datasets") or set())
+        ids = sorted(names)
+        codes = np.searchsorted(ids, columns["_dataset"]) if ids else np.zeros(len(columns["weight"]), dtype=np.int64)
+        table = np.stack([columns[k] for k in self.labels], axis=1) if self.labels else np.zeros((len(columns["weight"]), 0))
         for name in self.features:
             if name in hists:
                 continue
@@ -405,9 +479,7 @@ class FeatureProcessor(processor.ProcessorABC):
             lo, hi = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 1.0)
             if hi <= lo:
                 lo, hi = lo - 0.5, hi + 0.5
-            hi = float(np.nextafter(hi, np.inf))  # include the maximum in the last bin
-            h = self._new_hist(name, lo, hi)
-            _fill_per_point(h, name, label_names, table, values, weight)
-            hists[name] = h
+            hists[name] = self._new_hist(name, lo, float(np.nextafter(hi, np.inf)))  # the maximum in the last bin
+            self._fill(hists[name], name, [names[i] for i in ids], codes, table, values, columns["weight"])
         accumulator["hists"] = hists
         return accumulator

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +33,10 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def nanoaod_dir() -> Path:
-    """The real CMS NanoAOD files shipped beside the project in ../shared/data/nanoaod."""
-    path = REPO.parent / "shared" / "data" / "nanoaod"
-    if not path.is_dir():
-        pytest.skip(f"real NanoAOD files not found at {path}")
+    """Small real CMS NanoAOD files shipped in tests/data/nanoaod (origin: tests/data/README.md)."""
+    path = REPO / "tests" / "data" / "nanoaod"
+    if not any(path.glob("*.root")):
+        pytest.fail(f"real NanoAOD test files missing in {path}")
     return path
 
 

@@ -36,6 +36,29 @@ def history(tmp_path):
     return path
 
 
+def _weighted_ks_by_hand(a, wa, b, wb):
+    """Largest distance of the weighted CDFs at every sample value, and the effective size n_a n_b / (n_a + n_b)."""
+    sa, sb = np.argsort(a), np.argsort(b)
+    ca, cb = np.cumsum(wa[sa]) / wa.sum(), np.cumsum(wb[sb]) / wb.sum()
+    x = np.concatenate([a, b])
+    fa = np.concatenate([[0.0], ca])[np.searchsorted(a[sa], x, side="right")]
+    fb = np.concatenate([[0.0], cb])[np.searchsorted(b[sb], x, side="right")]
+    na, nb = wa.sum() ** 2 / (wa**2).sum(), wb.sum() ** 2 / (wb**2).sum()
+    return float(np.max(np.abs(fa - fb))), na * nb / (na + nb)
+
+
+def test_weighted_ks_reduces_to_scipy_and_counts_integer_weights_as_copies():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0, 1, 400), rng.normal(0.1, 1, 700)
+    ones = metrics.ks_test_weighted(a, b, np.ones(400), np.ones(700))
+    scipy = stats.ks_2samp(a, b, method="asymp")
+    assert ones.statistic == pytest.approx(scipy.statistic) and ones.pvalue == pytest.approx(scipy.pvalue, rel=1e-9)
+    w = rng.integers(1, 4, 400).astype(float)
+    weighted = metrics.ks_test_weighted(a, b, w, None)
+    copies = stats.ks_2samp(np.repeat(a, w.astype(int)), b)
+    assert weighted.statistic == pytest.approx(copies.statistic, abs=1e-12)
+
+
 def test_compare_files_and_metrics(tmp_path, history):
     mc = sample(MC_POINTS, 3000, seed=0, weighted=True)
     gen_points = np.array([[1870.0, 9.025], [2200.0, 4.0]])  # one grid point, one off-grid point
@@ -65,12 +88,12 @@ def test_compare_files_and_metrics(tmp_path, history):
         got = result["metrics"][tag]["features"][feature]
         edges = core_edges(m.column(feature), 30)
         chi2 = metrics.chi2_ndf(g.column(feature), m.column(feature), edges, g.weights, m.weights)
-        ks = metrics.ks_test(g.column(feature), m.column(feature))
         assert got["chi2"] == chi2.chi2 and got["ndf"] == chi2.ndf == 29
         assert got["chi2_ndf"] == pytest.approx(chi2.chi2 / chi2.ndf)
-        assert got["ks_pvalue"] == ks.pvalue
-        # and KS is scipy's two-sample test
-        assert got["ks_pvalue"] == pytest.approx(stats.ks_2samp(g.column(feature), m.column(feature)).pvalue)
+        # KS with the MC weights: weighted CDFs evaluated point by point, effective sizes for the p-value
+        d, n_eff = _weighted_ks_by_hand(g.column(feature), g.weights, m.column(feature), m.weights)
+        assert got["ks_statistic"] == pytest.approx(d, abs=1e-12)
+        assert got["ks_pvalue"] == pytest.approx(stats.kstwo.sf(d, round(n_eff)), rel=1e-9)
         # same distribution: chi2/ndf of order 1, not a placeholder
         assert 0.3 < got["chi2_ndf"] < 2.5
         outside = (m.column(feature) < edges[0]) | (m.column(feature) >= edges[-1])

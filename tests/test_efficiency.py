@@ -164,3 +164,39 @@ def test_cutflow_layout_of_extract():
     np.testing.assert_allclose(table.eff, [2422 / 5000, 2778 / 5000])
     model = EfficiencyModel.from_cutflow(cutflow)
     assert model.used_degree == 0 and model.ndf == 1  # two points: a constant, one ndf left
+
+
+def test_weighted_cutflow_gives_efficiency_from_sums_of_weights():
+    """Efficiency = sum of selected weights / sum of all weights; intervals at the effective counts."""
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.2, 3.0, 5000)
+    selected = rng.uniform(size=5000) < 0.3 + 0.2 * (w > 1.5)  # the selection favours heavy events
+    entry = {
+        "label": {"labelphi": 1000.0, "labelomega": 2.0},
+        "read": 5000,
+        "selected": int(selected.sum()),
+        "sumw_read": w.sum(),
+        "sumw2_read": (w**2).sum(),
+        "sumw": w[selected].sum(),
+        "sumw2": (w[selected] ** 2).sum(),
+    }
+    table = selection_efficiency({"per_label": [entry]})
+    eff = w[selected].sum() / w.sum()
+    assert table.eff[0] == pytest.approx(eff) and abs(eff - selected.mean()) > 0.02  # weights matter here
+    n_eff = w.sum() ** 2 / (w**2).sum()
+    k_eff = eff * n_eff
+    assert table.n_eff[0] == pytest.approx(n_eff) and n_eff < 5000
+    assert table.lo[0] == pytest.approx(stats.beta.ppf(0.158655, k_eff, n_eff - k_eff + 1), rel=1e-4)
+    assert table.hi[0] == pytest.approx(stats.beta.ppf(1 - 0.158655, k_eff + 1, n_eff - k_eff), rel=1e-4)
+    p = (k_eff + 0.5) / (n_eff + 1)
+    assert table.err[0] == pytest.approx(np.sqrt(p * (1 - p) / n_eff))
+    again = EfficiencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    np.testing.assert_allclose([again.eff, again.lo, again.n_eff], [table.eff, table.lo, table.n_eff])
+
+
+def test_unit_weight_cutflow_equals_counts():
+    counts = {"label": {"labelphi": 1000.0, "labelomega": 2.0}, "read": 800, "selected": 300}
+    weighted = {**counts, "sumw_read": 800.0, "sumw2_read": 800.0, "sumw": 300.0, "sumw2": 300.0}
+    a, b = selection_efficiency([counts]), selection_efficiency([weighted])
+    for name in ("eff", "err", "lo", "hi"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12)

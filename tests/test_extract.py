@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import awkward as ak
+import hist
 import numpy as np
 import pytest
 import uproot
@@ -87,29 +88,40 @@ def test_processor_histograms_and_cutflow_merge_across_chunks(nanoaod_dir):
 
     from fedhex_hep.processors.extraction import FeatureProcessor
 
-    proc = FeatureProcessor({"mll": MLL}, {"n": "nMuon"}, selection="nMuon >= 2", bins=20, ranges={"mll": (0, 200)})
+    proc = FeatureProcessor(
+        {"mll": MLL}, {"n": "nMuon"}, selection="nMuon >= 2", weight="genWeight", bins=20, ranges={"mll": (0, 200)}, units={"mll": "GeV"}
+    )
     fileset = {"dy": {"files": {str(nanoaod_dir / "nano_dy.root"): "Events"}, "metadata": {}}}
-    runner = processor.Runner(processor.IterativeExecutor(status=False, retries=0), schema=BaseSchema, chunksize=15)
+    runner = processor.Runner(processor.IterativeExecutor(status=False, retries=0), schema=BaseSchema, chunksize=15, metadata_cache={})
     out = runner(fileset, proc, treename="Events")
-    mll = out["columns"]["mll"].value
-    n = out["columns"]["n"].value
+    mll, n, w = (out["columns"][k].value for k in ("mll", "n", "weight"))
     h = out["hists"]["mll"]
-    assert h.axes[1].edges[0] == 0 and h.axes[1].edges[-1] == 200 and h.axes[1].size == 20
+    assert [a.name for a in h.axes] == ["dataset", "n", "mll"] and list(h.axes["dataset"]) == ["dy"]
+    assert h.axes["mll"].edges[0] == 0 and h.axes["mll"].edges[-1] == 200 and h.axes["mll"].label == "mll [GeV]"
+    assert h.axes["n"].label == "n x 10^3"  # no unit given: none shown
     for value in np.unique(n):
-        expected, _ = np.histogram(mll[n == value], bins=20, range=(0, 200))
-        np.testing.assert_array_equal(h[f"n={value:g}", :].values(), expected)
-    arrays = uproot.open(nanoaod_dir / "nano_dy.root")["Events"].arrays(["nMuon"])
-    nmu = ak.to_numpy(arrays.nMuon)
+        expected, _ = np.histogram(mll[n == value], bins=20, range=(0, 200), weights=w[n == value])
+        np.testing.assert_allclose(h["dy", hist.loc(int(value * 1000)), :].values(), expected)
+    arrays = uproot.open(nanoaod_dir / "nano_dy.root")["Events"].arrays(["nMuon", "genWeight"])
+    nmu, gw = ak.to_numpy(arrays.nMuon), ak.to_numpy(arrays.genWeight)
     cutflow = out["cutflow"]["dy"]
     for value in np.unique(nmu):
-        entry = cutflow[json.dumps([float(value)])]
-        assert entry == {"read": int((nmu == value).sum()), "selected": int((nmu == value).sum()) if value >= 2 else 0}
+        entry = cutflow[(float(value),)]
+        at, sel = nmu == value, (nmu == value) & (nmu >= 2)
+        assert entry["read"] == at.sum() and entry["selected"] == sel.sum()
+        np.testing.assert_allclose([entry["sumw_read"], entry["sumw2_read"]], [gw[at].sum(), (gw[at] ** 2).sum()])
+        np.testing.assert_allclose([entry["sumw"], entry["sumw2"]], [gw[sel].sum(), (gw[sel] ** 2).sum()])
+
+
+def _dimuon_mass(events):
+    """A feature as a Python user writes it: a callable on NanoEvents."""
+    return (events.Muon[:, 0] + events.Muon[:, 1]).mass
 
 
 @pytest.mark.filterwarnings("ignore:Missing cross-reference:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:Branch .* already exists:RuntimeWarning")
 def test_processor_embedded_in_another_processor(nanoaod_dir):
-    """Someone else's analysis instantiates FeatureProcessor and calls it from its own process."""
+    """Someone else's analysis embeds FeatureProcessor and gets filled hist.Hist without postprocess."""
     from coffea import processor
     from coffea.nanoevents import NanoAODSchema
 
@@ -117,21 +129,58 @@ def test_processor_embedded_in_another_processor(nanoaod_dir):
 
     class MyAnalysis(processor.ProcessorABC):
         def __init__(self):
-            self.features = FeatureProcessor({"mll": MLL}, {"one": "1"}, selection="nMuon >= 2", schema="nanoaod")
+            self.features = FeatureProcessor(
+                {"mll": _dimuon_mass},
+                {"mZ": "mZ"},
+                selection=lambda events: ak.num(events.Muon) >= 2,
+                weight=lambda events: events.genWeight,
+                schema="nanoaod",
+                ranges={"mll": (0, 300)},
+                units={"mll": "GeV", "mZ": "GeV"},
+            )
 
         def process(self, events):
             return {"fedhex": self.features.process(events), "n": len(events)}
 
         def postprocess(self, accumulator):
-            accumulator["fedhex"] = self.features.postprocess(accumulator["fedhex"])
-            return accumulator
+            return accumulator  # the embedded processor's postprocess is not forwarded
 
-    fileset = {"dy": [str(nanoaod_dir / "nano_dy.root")]}
-    runner = processor.Runner(processor.IterativeExecutor(status=False, retries=0), schema=NanoAODSchema, chunksize=10)
+    fileset = {"dy": {"files": {str(nanoaod_dir / "nano_dy.root"): "Events"}, "metadata": {"mZ": 91.1876}}}
+    runner = processor.Runner(processor.IterativeExecutor(status=False, retries=0), schema=NanoAODSchema, chunksize=10, metadata_cache={})
     out = runner(fileset, MyAnalysis(), treename="Events")
     assert out["n"] == 40
-    mll = out["fedhex"]["columns"]["mll"].value
-    assert out["fedhex"]["hists"]["mll"].sum().value == len(mll) > 0
+    h = out["fedhex"]["hists"]["mll"]
+    assert isinstance(h, hist.Hist) and [a.name for a in h.axes] == ["dataset", "mZ", "mll"]
+    assert list(h.axes["dataset"]) == ["dy"] and list(h.axes["mZ"]) == [91188]
+
+    # independent computation with uproot: the two leading muons' invariant mass
+    a = uproot.open(nanoaod_dir / "nano_dy.root")["Events"].arrays(["Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "genWeight"])
+    two = ak.num(a.Muon_pt) >= 2
+    pt, eta, phi, m = (ak.to_numpy(a[f"Muon_{k}"][two][:, :2]) for k in ("pt", "eta", "phi", "mass"))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    e = np.sqrt(px**2 + py**2 + pz**2 + m**2)
+    mll = np.sqrt(np.maximum(e.sum(1) ** 2 - px.sum(1) ** 2 - py.sum(1) ** 2 - pz.sum(1) ** 2, 0))
+    gw = ak.to_numpy(a.genWeight[two])
+    np.testing.assert_allclose(np.sort(out["fedhex"]["columns"]["mll"].value), np.sort(mll), rtol=1e-5)
+    expected, _ = np.histogram(mll, bins=40, range=(0, 300), weights=gw)
+    got = h["dy", hist.loc(91188), :]
+    np.testing.assert_allclose(got.values(), expected, rtol=1e-5)
+    np.testing.assert_allclose(got.variances(), np.histogram(mll, bins=40, range=(0, 300), weights=gw**2)[0], rtol=1e-5)
+    assert out["fedhex"]["cutflow"]["dy"][(91.1876,)]["selected"] == len(mll) > 0
+
+
+def test_misspelled_branch_is_named_once_with_a_suggestion(nano_fileset):
+    with pytest.raises(ExtractionError, match=r"'Muon_ptt' is missing.*did you mean 'Muon_pt'\?"):
+        extract(nano_config(nano_fileset, **{"input.features": {"pt": "Muon_ptt[0]"}}), progress=False)
+
+
+def test_callable_error_fails_before_the_run_with_a_suggestion(nano_fileset, nanoaod_dir):
+    from fedhex_hep.processors.extraction import FeatureProcessor
+
+    proc = FeatureProcessor({"mll": lambda ev: ev.Muonn.pt}, {"one": "1"}, schema="nanoaod")
+    cfg = nano_config(nano_fileset, **{"input.schema": "nanoaod"})
+    with pytest.raises(ExtractionError, match=r"callable .*Muonn.*did you mean 'Muon'\?"):
+        extract(cfg, progress=False, executor="futures", processor=proc)
 
 
 def reference_demo_counts(demo_dir: Path) -> dict[tuple[float, float], int]:

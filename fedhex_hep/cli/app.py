@@ -85,8 +85,12 @@ def _main(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
+    import os
+
     from rich.logging import RichHandler
 
+    if verbose:  # TensorFlow's own start-up and device messages too
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -428,14 +432,32 @@ def run_cmd(
     workers: WorkersOpt = 2,
     progress: ProgressOpt = True,
 ) -> None:
-    """The whole chain on the configured input (default: the demo grid in data/): a new run folder under output/."""
+    """The whole chain on the configured input (default: the demo grid, made into a cache folder outside a clone): a new run folder under output/."""
+    from fedhex_hep.demo import with_demo_input
     from fedhex_hep.pipeline import run_chain
 
-    cfg = _load(config, overrides, {"training.epochs": epochs})
+    cfg, note = with_demo_input(_load(config, overrides, {"training.epochs": epochs}))
+    if note:
+        typer.echo(note)
     result = run_chain(cfg, output_dir, executor=executor, workers=workers, progress=progress)
     typer.echo(f"run folder: {result.run_dir}")
     typer.echo(f"ROOT file:  {result.root_file}")
     typer.echo(f"plots:      {len(result.plots)} in {result.run_dir / 'plots'}")
+
+
+config_app = typer.Typer(help="Show the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show_cmd(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
+    """Print the default configuration (TOML, with its comments), or the resolved one with --config/--set."""
+    from fedhex_hep.config import default_config_text
+
+    if config is None and not overrides:
+        typer.echo(default_config_text(), nl=False)
+        return
+    typer.echo(_load(config, overrides).to_toml(), nl=False)
 
 
 def main() -> None:

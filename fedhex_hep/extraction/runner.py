@@ -49,6 +49,13 @@ class BadFileWarning(UserWarning):
     """An input file was skipped (``input.skip_bad_files = true``); the message names it."""
 
 
+def _close_match(name: str, known: Any) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | None, int, bytes]:
     """Quick uproot check of one input file: ``(reason it is bad or None, entries, file UUID)``."""
     import uproot
@@ -73,7 +80,7 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
             present = set(tree.keys(recursive=True))
             for name in branches:
                 if name not in present:
-                    return f"branch {name!r} is missing from tree {treename!r}", 0, b""
+                    return f"branch {name!r} is missing from tree {treename!r}{_close_match(name, present)}", 0, b""
             if size is not None:
                 for name in branches:
                     branch = tree[name]
@@ -216,6 +223,162 @@ def _describe_failure(exc: BaseException) -> tuple[str, str | None]:
     return reason, filename
 
 
+class _Rejects:
+    """Bad input files: an ExtractionError, or (``input.skip_bad_files``) a warning and a list entry."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.skipped: list[dict[str, str]] = []
+
+    def __call__(self, path: str, reason: str) -> None:
+        message = f"{path}: {reason}"
+        if not self.skip:
+            raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
+        warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=3)
+        log.warning("skipping %s", message)
+        self.skipped.append({"file": path, "reason": reason})
+
+
+def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejects) -> tuple[dict[str, int], dict[Any, Any]]:
+    """uproot check of every file before coffea starts: (entries per file, coffea metadata cache)."""
+    from coffea.processor.executor import FileMeta
+
+    from fedhex_hep.io.fileset import fileset_files
+
+    entries: dict[str, int] = {}
+    known_meta: dict[Any, Any] = {}
+    checked = [(ds, path, tree, check_file(path, tree, proc.branches(fileset[ds]["metadata"]))) for ds, path, tree in fileset_files(fileset)]
+    missing = [(path, result[0]) for _, path, _, result in checked if result[0] and result[0].startswith("branch ")]
+    if checked and len(missing) == len(checked):
+        # no file has the branch: the configuration is at fault, not the files
+        others = f" (and from the other {len(checked) - 1} input files)" if len(checked) > 1 else ""
+        raise ExtractionError(f"{missing[0][0]}: {missing[0][1]}{others}")
+    for dataset, path, tree, (reason, n, uuid) in checked:
+        user_meta = fileset[dataset]["metadata"]
+        if reason is not None:
+            reject(path, reason)
+            del fileset[dataset]["files"][path]
+        else:
+            entries[path] = n
+            known_meta[FileMeta(dataset, path, tree)] = {**user_meta, "numentries": n, "uuid": uuid}
+    return entries, known_meta
+
+
+def precheck_processor(fileset: Mapping[str, Any], proc: Any, treename: str, schema: str, entries: int = 200) -> None:
+    """Run ``proc.process`` once on the first ``entries`` events of the first file, in this process.
+
+    An expression or callable that fails (unknown name, wrong shape) fails here, once, with its
+    one-line message, instead of once per chunk (and per retry) inside the executor.
+    """
+    from coffea.nanoevents import BaseSchema, NanoAODSchema, NanoEventsFactory
+
+    from fedhex_hep.extraction.expressions import ExpressionError
+    from fedhex_hep.io.fileset import fileset_files
+
+    for dataset, path, tree in fileset_files(dict(fileset)):
+        meta = {**fileset[dataset]["metadata"], "dataset": dataset, "filename": path, "entrystart": 0}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"coffea\.")
+            events = NanoEventsFactory.from_root(
+                {path: tree or treename},
+                entry_stop=entries,
+                schemaclass=NanoAODSchema if schema == "nanoaod" else BaseSchema,
+                metadata=meta,
+                mode="virtual",
+            ).events()
+            try:
+                proc.process(events)
+            except ExpressionError as exc:
+                raise ExtractionError(str(exc)) from None
+        return
+
+
+def _run_until_done(fileset: dict[str, Any], proc: Any, inp: Any, options: dict[str, Any], entries: dict[str, int], reject: _Rejects, known_meta: dict[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run coffea; a file damaged inside its baskets is dropped (skip_bad_files) and the run repeated."""
+    from fedhex_hep.io.fileset import fileset_files
+
+    while True:
+        fileset = {ds: entry for ds, entry in fileset.items() if entry["files"]}
+        if not fileset:
+            skipped = reject.skipped
+            first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
+            raise ExtractionError(f"no readable input files left: all {len(skipped)} were skipped{first}")
+        try:
+            out = run_processor(fileset, proc, treename=inp.treename, schema=inp.schema, chunksize=inp.chunksize, metadata_cache=dict(known_meta), **options)
+            return out, fileset
+        except Exception as exc:
+            reason, bad = _describe_failure(exc)
+            known = {path for _, path, _ in fileset_files(fileset)}
+            if bad is None or bad not in known or "KilledWorker" in reason or not _is_read_error(exc):
+                raise ExtractionError(f"extraction failed: {reason}") from exc
+            if not inp.skip_bad_files:
+                raise ExtractionError(f"{bad}: {reason}") from exc
+            reject(bad, f"unreadable while processing ({reason})")
+            for entry in fileset.values():
+                entry["files"].pop(bad, None)
+            entries.pop(bad, None)
+
+
+def _check_complete(cutflow_raw: Mapping[str, Mapping[Any, Mapping[str, float]]], n_rows: int, entries: dict[str, int], selection: Any) -> None:
+    """Never a silently smaller dataset: every entry of every processed file is accounted for."""
+    total_read = sum(c["read"] for points in cutflow_raw.values() for c in points.values())
+    total_selected = sum(c["selected"] for points in cutflow_raw.values() for c in points.values())
+    expected_read = sum(entries.values())
+    if total_read != expected_read or total_selected != n_rows:
+        raise ExtractionError(
+            f"extraction lost events: the files hold {expected_read} events but {total_read} were read "
+            f"and {n_rows} of {total_selected} selected rows arrived (a chunk failed or was lost)"
+        )
+    if n_rows == 0:
+        raise ExtractionError(f"selection {selection!r} keeps no events ({total_read} events read from {len(entries)} files)")
+
+
+def _in_file_order(columns: dict[str, np.ndarray], files: list[str], proc: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, weights) in file order, then entry order, whatever order chunks finished in."""
+    from fedhex_hep.processors.extraction import file_id
+
+    ids = np.array([file_id(path) for path in files], dtype=np.int64)
+    by_id = np.argsort(ids)
+    file_rank = by_id[np.searchsorted(ids, columns["_fileid"], sorter=by_id)]
+    order = np.lexsort((columns["_entry"], file_rank))
+    features = np.stack([columns[n][order] for n in proc.features], axis=1)
+    labels = np.stack([columns[n][order] for n in proc.labels], axis=1)
+    return features, labels, columns["weight"][order]
+
+
+def _apply_nonfinite(fs: Any, policy: str) -> Any:
+    counts = fs.nonfinite_counts()
+    if not counts:
+        return fs
+    summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    if policy == "error":
+        raise ExtractionError(
+            f"non-finite values (NaN/inf) in the extracted columns ({summary}); set input.nonfinite = 'drop' to drop those events"
+        )
+    fs, n_dropped = fs.drop_nonfinite()
+    log.warning("dropped %d events with non-finite values (%s)", n_dropped, summary)
+    fs.metadata["nonfinite"] = {"dropped_events": n_dropped, "per_column": counts}
+    if len(fs) == 0:
+        raise ExtractionError(f"every selected event has a non-finite feature or label ({summary})")
+    return fs
+
+
+def _apply_min_events(fs: Any, min_events: int) -> Any:
+    if min_events <= 0 or not _has_sparse_label(fs.labels, min_events):
+        return fs
+    fs, dropped = fs.drop_sparse_labels(min_events)
+    fs.metadata["dropped_labels"] = dropped
+    for item in dropped:
+        log.warning(
+            "dropped label point %s: %d events < input.min_events_per_label = %d", json.dumps(item["label"]), item["events"], min_events
+        )
+    if len(fs) == 0:
+        raise ExtractionError(
+            f"every label point has fewer than input.min_events_per_label = {min_events} selected events ({len(dropped)} points dropped)"
+        )
+    return fs
+
+
 def extract(
     config: Any,
     executor: str = "iterative",
@@ -233,151 +396,40 @@ def extract(
     import fedhex_hep
     from fedhex_hep.io.featureset import FeatureSet
     from fedhex_hep.io.fileset import build_fileset, fileset_files
-    from fedhex_hep.processors.extraction import FeatureProcessor, file_id, group_rows
+    from fedhex_hep.processors.extraction import FeatureProcessor, group_rows
 
     inp = config.input
     check_executor(executor, workers)
     proc = processor if processor is not None else FeatureProcessor.from_config(inp, bins=config.output.bins)
-
-    skipped: list[dict[str, str]] = []
+    reject = _Rejects(inp.skip_bad_files)
     empty: list[dict[str, str]] = []
     fileset = build_fileset(inp.paths, inp.treename, inp.max_depth, skipped=empty)
-
-    def reject(path: str, reason: str) -> None:
-        message = f"{path}: {reason}"
-        if not inp.skip_bad_files:
-            raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
-        warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=3)
-        log.warning("skipping %s", message)
-        skipped.append({"file": path, "reason": reason})
-
     for item in empty:
         reject(item["file"], item["reason"])
-
-    # Pre-check every file: names the bad file and reason before coffea starts.
-    from coffea.processor.executor import FileMeta
-
-    entries: dict[str, int] = {}
-    known_meta: dict[Any, Any] = {}
-    for dataset, path, tree in fileset_files(fileset):
-        user_meta = fileset[dataset]["metadata"]
-        reason, n, uuid = check_file(path, tree, proc.branches(user_meta))
-        if reason is not None:
-            reject(path, reason)
-            del fileset[dataset]["files"][path]
-        else:
-            entries[path] = n
-            known_meta[FileMeta(dataset, path, tree)] = {**user_meta, "numentries": n, "uuid": uuid}
-
-    out = None
-    while True:
-        fileset = {ds: entry for ds, entry in fileset.items() if entry["files"]}
-        if not fileset:
-            first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
-            raise ExtractionError(f"no readable input files left: all {len(skipped)} were skipped{first}")
-        try:
-            out = run_processor(
-                fileset,
-                proc,
-                treename=inp.treename,
-                schema=inp.schema,
-                executor=executor,
-                workers=workers,
-                scheduler=scheduler,
-                chunksize=inp.chunksize,
-                progress=progress,
-                metadata_cache=dict(known_meta),
-            )
-            break
-        except Exception as exc:
-            reason, bad = _describe_failure(exc)
-            known = {path for _, path, _ in fileset_files(fileset)}
-            if bad is None or bad not in known or "KilledWorker" in reason or not _is_read_error(exc):
-                raise ExtractionError(f"extraction failed: {reason}") from exc
-            if not inp.skip_bad_files:
-                raise ExtractionError(f"{bad}: {reason}") from exc
-            # a file damaged inside its baskets (not caught by the pre-check): drop it, rerun
-            reject(bad, f"unreadable while processing ({reason})")
-            for entry in fileset.values():
-                entry["files"].pop(bad, None)
-            entries.pop(bad, None)
+    entries, known_meta = _precheck_files(fileset, proc, reject)
+    precheck_processor({ds: e for ds, e in fileset.items() if e["files"]}, proc, inp.treename, inp.schema)
+    options = {"executor": executor, "workers": workers, "scheduler": scheduler, "progress": progress}
+    out, fileset = _run_until_done(fileset, proc, inp, options, entries, reject, known_meta)
 
     columns = {name: acc.value for name, acc in out["columns"].items()}
-    cutflow_raw: dict[str, dict[str, dict[str, int]]] = out["cutflow"]
-    n_rows = len(columns["weight"])
-    total_read = sum(c["read"] for points in cutflow_raw.values() for c in points.values())
-    total_selected = sum(c["selected"] for points in cutflow_raw.values() for c in points.values())
-    expected_read = sum(entries.values())
-    # Never a silently smaller dataset: every entry of every processed file must be accounted for.
-    if total_read != expected_read or total_selected != n_rows:
-        raise ExtractionError(
-            f"extraction lost events: the files hold {expected_read} events but {total_read} were read "
-            f"and {n_rows} of {total_selected} selected rows arrived (a chunk failed or was lost)"
-        )
-    if n_rows == 0:
-        raise ExtractionError(
-            f"selection {inp.selection!r} keeps no events ({total_read} events read from {len(entries)} files)"
-        )
-
-    # File order, then entry order: identical whatever order the chunks finished in.
-    ids = np.array([file_id(path) for _, path, _ in fileset_files(fileset)], dtype=np.int64)
-    by_id = np.argsort(ids)
-    file_rank = by_id[np.searchsorted(ids, columns["_fileid"], sorter=by_id)]
-    order = np.lexsort((columns["_entry"], file_rank))
-    features = np.stack([columns[n][order] for n in proc.features], axis=1)
-    labels = np.stack([columns[n][order] for n in proc.labels], axis=1)
-    weights = columns["weight"][order]
-
-    cutflow = _cutflow_summary(cutflow_raw, list(proc.labels), inp.selection)
+    _check_complete(out["cutflow"], len(columns["weight"]), entries, inp.selection)
+    files = [path for _, path, _ in fileset_files(fileset)]
+    features, labels, weights = _in_file_order(columns, files, proc)
     metadata: dict[str, Any] = {
         "config": config.to_dict(),
         "version": fedhex_hep.__version__,
         "source": "mc",
         "executor": executor,
-        "files": [path for _, path, _ in fileset_files(fileset)],
-        "cutflow": cutflow,
-        "skipped_files": skipped,
+        "files": files,
+        "cutflow": _cutflow_summary(out["cutflow"], list(proc.labels), inp.selection),
+        "skipped_files": reject.skipped,
         "dropped_labels": [],
         "nonfinite": {"dropped_events": 0, "per_column": {}},
     }
     fs = FeatureSet.from_numpy(features, labels, list(proc.features), list(proc.labels), weights, metadata)
-
-    counts = fs.nonfinite_counts()
-    if counts:
-        summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-        if inp.nonfinite == "error":
-            raise ExtractionError(
-                f"non-finite values (NaN/inf) in the extracted columns ({summary}); "
-                "set input.nonfinite = 'drop' to drop those events"
-            )
-        fs, n_dropped = fs.drop_nonfinite()
-        log.warning("dropped %d events with non-finite values (%s)", n_dropped, summary)
-        fs.metadata["nonfinite"] = {"dropped_events": n_dropped, "per_column": counts}
-        if len(fs) == 0:
-            raise ExtractionError(f"every selected event has a non-finite feature or label ({summary})")
-
-    if inp.min_events_per_label > 0 and _has_sparse_label(fs.labels, inp.min_events_per_label):
-        fs, dropped = fs.drop_sparse_labels(inp.min_events_per_label)
-        fs.metadata["dropped_labels"] = dropped
-        for item in dropped:
-            log.warning(
-                "dropped label point %s: %d events < input.min_events_per_label = %d",
-                json.dumps(item["label"]),
-                item["events"],
-                inp.min_events_per_label,
-            )
-        if len(fs) == 0:
-            raise ExtractionError(
-                f"every label point has fewer than input.min_events_per_label = {inp.min_events_per_label} "
-                f"selected events ({len(dropped)} points dropped)"
-            )
-    log.info(
-        "extracted %d events at %d label points from %d files (%d skipped)",
-        len(fs),
-        len(group_rows(fs.labels)[0]),
-        len(metadata["files"]),
-        len(skipped),
-    )
+    fs = _apply_min_events(_apply_nonfinite(fs, inp.nonfinite), inp.min_events_per_label)
+    n_points = len(group_rows(fs.labels)[0])
+    log.info("extracted %d events at %d label points from %d files (%d skipped)", len(fs), n_points, len(files), len(reject.skipped))
     return fs
 
 
@@ -389,31 +441,29 @@ def _has_sparse_label(labels: np.ndarray, min_events: int) -> bool:
     return bool(len(inverse)) and int(np.bincount(inverse).min()) < min_events
 
 
-def _cutflow_summary(raw: Mapping[str, Mapping[str, Mapping[str, int]]], label_names: list[str], selection: str) -> dict:
+_SUMS = ("sumw_read", "sumw2_read", "sumw", "sumw2")
+
+
+def _cutflow_summary(raw: Mapping[str, Mapping[Any, Mapping[str, float]]], label_names: list[str], selection: Any) -> dict:
+    """The processor's cutflow as JSON-ready metadata: per label point counts and sums of weights."""
     per_label = []
-    unlabelled = {"read": 0, "selected": 0}
+    keys = ("read", "selected", *_SUMS)
+    unlabelled = dict.fromkeys(keys, 0.0)
     for dataset in sorted(raw):
-        for key in sorted(raw[dataset]):
-            counts = raw[dataset][key]
-            values = json.loads(key)
-            if any(v is None or not np.isfinite(v) for v in values):
-                unlabelled["read"] += counts["read"]
-                unlabelled["selected"] += counts["selected"]
+        for point in sorted(raw[dataset], key=lambda p: tuple(-np.inf if v is None else v for v in p)):
+            counts = raw[dataset][point]
+            if any(v is None or not np.isfinite(v) for v in point):
+                for k in keys:
+                    unlabelled[k] += counts.get(k, 0.0)
                 continue
-            per_label.append(
-                {
-                    "dataset": dataset,
-                    "label": dict(zip(label_names, values)),
-                    "read": int(counts["read"]),
-                    "selected": int(counts["selected"]),
-                }
-            )
-    read = sum(p["read"] for p in per_label) + unlabelled["read"]
-    selected = sum(p["selected"] for p in per_label) + unlabelled["selected"]
+            entry = {"dataset": dataset, "label": dict(zip(label_names, map(float, point)))}
+            entry.update({k: (int(counts[k]) if k in ("read", "selected") else float(counts.get(k, 0.0))) for k in keys})
+            per_label.append(entry)
+    unlabelled["read"], unlabelled["selected"] = int(unlabelled["read"]), int(unlabelled["selected"])
+    total = {k: sum(p[k] for p in per_label) + unlabelled[k] for k in keys}
     return {
-        "selection": selection,
-        "read": read,
-        "selected": selected,
+        "selection": selection if isinstance(selection, str) else getattr(selection, "__qualname__", repr(selection)),
+        **total,
         "per_label": per_label,
         "unlabelled": unlabelled,
     }

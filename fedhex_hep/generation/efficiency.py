@@ -52,15 +52,13 @@ class EfficiencyError(FedhexError, ValueError):
 
 
 def binomial_interval(k: np.ndarray, n: np.ndarray, cl: float = 0.682689) -> tuple[np.ndarray, np.ndarray]:
-    """Clopper-Pearson (exact) central interval of ``k`` successes in ``n`` trials."""
-    from scipy import stats
+    """Clopper-Pearson (exact) central interval of ``k`` successes in ``n`` trials (effective counts may be non-integer)."""
+    from hist.intervals import clopper_pearson_interval
 
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    alpha = 1.0 - cl
+    k = np.atleast_1d(np.asarray(k, dtype=np.float64))
+    n = np.atleast_1d(np.asarray(n, dtype=np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
-        lo = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-        hi = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+        lo, hi = clopper_pearson_interval(k, n, coverage=cl)
     return np.nan_to_num(lo), np.nan_to_num(hi, nan=1.0)
 
 
@@ -68,48 +66,66 @@ def binomial_interval(k: np.ndarray, n: np.ndarray, cl: float = 0.682689) -> tup
 class EfficiencyTable:
     """Measured selection efficiency per label (mass) point.
 
-    ``eff = n_selected / n_read``; ``err`` is the binomial standard error
-    ``sqrt(p (1 - p) / n)`` evaluated at ``p = (k + 1/2) / (n + 1)`` so it stays non-zero at
-    0% and 100%; ``lo``/``hi`` is the Clopper-Pearson 68.3% interval. With weighted events
-    ``n_read``/``n_selected`` are sums of weights and the errors use the effective counts.
+    ``n_read`` / ``n_selected`` are event counts, or sums of event weights with ``sumw2_read``
+    the sum of squared weights of the events read. ``eff = n_selected / n_read``. The
+    uncertainties use the effective counts ``n_eff = n_read**2 / sumw2_read`` (``n_read``
+    without weights) and ``k_eff = eff * n_eff``: ``err`` is ``sqrt(p (1 - p) / n_eff)`` at
+    ``p = (k_eff + 1/2) / (n_eff + 1)`` (non-zero at 0% and 100%), ``lo``/``hi`` the
+    Clopper-Pearson 68.3% interval of ``k_eff`` in ``n_eff``.
     """
 
     label_names: list[str]
     points: np.ndarray  # (k, L) generator masses, GeV
     n_read: np.ndarray
     n_selected: np.ndarray
+    sumw2_read: np.ndarray | None = None
     eff: np.ndarray = field(init=False)
     err: np.ndarray = field(init=False)
     lo: np.ndarray = field(init=False)
     hi: np.ndarray = field(init=False)
+    n_eff: np.ndarray = field(init=False)
+    k_eff: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.float64).reshape(len(self.points), -1)
         self.n_read = np.asarray(self.n_read, dtype=np.float64).reshape(-1)
         self.n_selected = np.asarray(self.n_selected, dtype=np.float64).reshape(-1)
+        self._check()
+        n, k = self.n_read, np.minimum(self.n_selected, self.n_read)
+        self.eff = k / n
+        if self.sumw2_read is None:
+            self.n_eff = n
+        else:
+            self.sumw2_read = np.asarray(self.sumw2_read, dtype=np.float64).reshape(-1)
+            self.n_eff = n**2 / self.sumw2_read
+        self.k_eff = self.eff * self.n_eff
+        p = (self.k_eff + 0.5) / (self.n_eff + 1.0)
+        self.err = np.sqrt(p * (1 - p) / self.n_eff)
+        self.lo, self.hi = binomial_interval(self.k_eff, self.n_eff)
+
+    def _check(self) -> None:
         if self.points.shape[1] != len(self.label_names):
             raise EfficiencyError(
                 f"efficiency points have {self.points.shape[1]} columns for labels {self.label_names}"
             )
-        if not (len(self.points) == len(self.n_read) == len(self.n_selected)):
-            raise EfficiencyError("efficiency table: points, n_read and n_selected differ in length")
-        for i, (n, k) in enumerate(zip(self.n_read, self.n_selected)):
-            if not (n > 0 and 0 <= k <= n * (1 + 1e-12)):
+        sizes = {len(self.points), len(self.n_read), len(self.n_selected)}
+        if self.sumw2_read is not None:
+            sizes.add(np.size(self.sumw2_read))
+        if len(sizes) != 1:
+            raise EfficiencyError("efficiency table: points, n_read, n_selected (and sumw2_read) differ in length")
+        sumw2 = self.n_read if self.sumw2_read is None else np.asarray(self.sumw2_read, dtype=np.float64).reshape(-1)
+        for i, (n, k, w2) in enumerate(zip(self.n_read, self.n_selected, sumw2)):
+            if not (n > 0 and w2 > 0 and 0 <= k <= n * (1 + 1e-12)):
                 raise EfficiencyError(
                     f"cutflow at {dict(zip(self.label_names, self.points[i].tolist()))}: "
                     f"selected={k} read={n} (need 0 <= selected <= read, read > 0)"
                 )
-        n, k = self.n_read, np.minimum(self.n_selected, self.n_read)
-        self.eff = k / n
-        p = (k + 0.5) / (n + 1.0)
-        self.err = np.sqrt(p * (1 - p) / n)
-        self.lo, self.hi = binomial_interval(np.round(k), np.round(n))
 
     def __len__(self) -> int:
         return len(self.points)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "label_names": list(self.label_names),
             "points": self.points.tolist(),
             "n_read": self.n_read.tolist(),
@@ -119,11 +135,14 @@ class EfficiencyTable:
             "lo": self.lo.tolist(),
             "hi": self.hi.tolist(),
         }
+        if self.sumw2_read is not None:
+            out["sumw2_read"] = self.sumw2_read.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EfficiencyTable":
         try:
-            return cls(list(data["label_names"]), data["points"], data["n_read"], data["n_selected"])
+            return cls(list(data["label_names"]), data["points"], data["n_read"], data["n_selected"], data.get("sumw2_read"))
         except KeyError as exc:
             raise EfficiencyError(f"efficiency table has no key {exc.args[0]!r}") from None
 
@@ -175,11 +194,15 @@ def selection_efficiency(cutflow: Any, label_names: Sequence[str] | None = None)
     - ``{"per_label": [{"label": {"labelphi": 1870.0, "labelomega": 9.025}, "read": N, "selected": k}, ...]}``
       (also under ``"points"``; the list may also be given directly, or a dict keyed by dataset);
     - counts may be called ``read``/``events``/``n_read`` and ``selected``/``passed``/``n_selected``;
+      entries with ``sumw_read``, ``sumw2_read`` and ``sumw`` (weighted cutflow) give efficiencies
+      from sums of weights, with effective counts for the uncertainties;
       ``label`` may be a dict of label name -> value, or a list in ``label_names`` order.
     """
     entries = _cutflow_entries(cutflow)
     if not entries:
         raise EfficiencyError("cutflow has no per-label entries: cannot compute efficiencies")
+    # sums of weights when every entry has them (the extraction's weighted cutflow), else counts
+    weighted = all(isinstance(e, Mapping) and all(k in e for k in _WEIGHT_KEYS) for _, e in entries)
     sums: dict[tuple[float, ...], list[float]] = {}
     names: list[str] | None = list(label_names) if label_names is not None else None
     for where, entry in entries:
@@ -192,11 +215,9 @@ def selection_efficiency(cutflow: Any, label_names: Sequence[str] | None = None)
         if missing:
             raise EfficiencyError(f"cutflow entry {where} has no value for label {missing[0]!r}")
         key = tuple(round(label[n], 9) for n in names)
-        n_read = _pick(entry, _READ_KEYS, "read", where)
-        n_sel = _pick(entry, _SEL_KEYS, "selected", where)
-        acc = sums.setdefault(key, [0.0, 0.0])
-        acc[0] += n_read
-        acc[1] += n_sel
+        acc = sums.setdefault(key, [0.0, 0.0, 0.0])
+        for i, value in enumerate(_entry_sums(entry, where, weighted)):
+            acc[i] += value
     keys = sorted(sums)
     assert names is not None
     return EfficiencyTable(
@@ -204,7 +225,19 @@ def selection_efficiency(cutflow: Any, label_names: Sequence[str] | None = None)
         np.array(keys, dtype=np.float64).reshape(len(keys), len(names)),
         [sums[k][0] for k in keys],
         [sums[k][1] for k in keys],
+        [sums[k][2] for k in keys] if weighted else None,
     )
+
+
+_WEIGHT_KEYS = ("sumw_read", "sumw2_read", "sumw")
+
+
+def _entry_sums(entry: Mapping[str, Any], where: str, weighted: bool) -> tuple[float, float, float]:
+    """(read, selected, sum of squared weights read) of one cutflow entry: sums of weights when weighted."""
+    if weighted:
+        return float(entry["sumw_read"]), float(entry["sumw"]), float(entry["sumw2_read"])
+    n_read = _pick(entry, _READ_KEYS, "read", where)
+    return n_read, _pick(entry, _SEL_KEYS, "selected", where), n_read
 
 
 def _monomials(n_vars: int, degree: int) -> list[tuple[int, ...]]:
@@ -227,6 +260,34 @@ def _expit(x: np.ndarray) -> np.ndarray:
     from scipy.special import expit
 
     return expit(x)
+
+
+def _checked_fit_input(points: Any, eff: Any, err: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(points (k, L), eff (k,), err (k,)) as float arrays; an EfficiencyError for bad input."""
+    pts = np.asarray(points, dtype=np.float64)
+    pts = pts.reshape(len(pts), -1)
+    eff = np.asarray(eff, dtype=np.float64).reshape(-1)
+    err = np.asarray(err, dtype=np.float64).reshape(-1)
+    k_pts = len(pts)
+    if k_pts == 0:
+        raise EfficiencyError("efficiency model: no points to fit")
+    if eff.shape != (k_pts,) or err.shape != (k_pts,):
+        raise EfficiencyError(f"efficiency model: {k_pts} points but {eff.size} efficiencies and {err.size} errors")
+    if np.any(~np.isfinite(eff)) or np.any((eff < 0) | (eff > 1)):
+        raise EfficiencyError("efficiency model: efficiencies must be finite and within [0, 1]")
+    if np.any(~(err > 0)):
+        raise EfficiencyError("efficiency model: every error must be > 0")
+    return pts, eff, err
+
+
+def _empirical_logit(eff: np.ndarray, err: np.ndarray, n_read: Any, n_selected: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(logit, its variance) per point: from counts when given, else from eff and err."""
+    if n_read is not None and n_selected is not None:
+        n = np.asarray(n_read, dtype=np.float64).reshape(-1)
+        k = np.asarray(n_selected, dtype=np.float64).reshape(-1)
+        return np.log((k + 0.5) / (n - k + 0.5)), 1.0 / (k + 0.5) + 1.0 / (n - k + 0.5)
+    p = np.clip(np.clip(eff, err / 2, 1 - err / 2), 1e-9, 1 - 1e-9)
+    return _logit(p), (err / (p * (1 - p))) ** 2
 
 
 class EfficiencyModel:
@@ -279,83 +340,63 @@ class EfficiencyModel:
     ) -> "EfficiencyModel":
         """Fit to efficiencies ``eff`` with errors ``err`` at ``points`` (k, L) in GeV.
 
-        With ``n_read``/``n_selected`` (counts) the continuity-corrected empirical logit is
-        used; otherwise the logit of ``eff`` with propagated errors (``eff`` clipped away from
-        0 and 1 by half an error).
+        With ``n_read``/``n_selected`` (counts, or effective counts of weighted events) the
+        continuity-corrected empirical logit is used; otherwise the logit of ``eff`` with
+        propagated errors (``eff`` clipped away from 0 and 1 by half an error).
         """
-        pts = np.asarray(points, dtype=np.float64)
-        pts = pts.reshape(len(pts), -1)
-        eff = np.asarray(eff, dtype=np.float64).reshape(-1)
-        err = np.asarray(err, dtype=np.float64).reshape(-1)
-        k_pts = len(pts)
-        if k_pts == 0:
-            raise EfficiencyError("efficiency model: no points to fit")
-        if eff.shape != (k_pts,) or err.shape != (k_pts,):
-            raise EfficiencyError(f"efficiency model: {k_pts} points but {eff.size} efficiencies and {err.size} errors")
-        if np.any(~np.isfinite(eff)) or np.any((eff < 0) | (eff > 1)):
-            raise EfficiencyError("efficiency model: efficiencies must be finite and within [0, 1]")
-        if np.any(~(err > 0)):
-            raise EfficiencyError("efficiency model: every error must be > 0")
-        if n_read is not None and n_selected is not None:
-            n = np.asarray(n_read, dtype=np.float64).reshape(-1)
-            k = np.asarray(n_selected, dtype=np.float64).reshape(-1)
-            y = np.log((k + 0.5) / (n - k + 0.5))
-            var = 1.0 / (k + 0.5) + 1.0 / (n - k + 0.5)
-        else:
-            p = np.clip(eff, err / 2, 1 - err / 2)
-            p = np.clip(p, 1e-9, 1 - 1e-9)
-            y = _logit(p)
-            var = (err / (p * (1 - p))) ** 2
-
+        pts, eff, err = _checked_fit_input(points, eff, err)
+        y, var = _empirical_logit(eff, err, n_read, n_selected)
         n_labels = pts.shape[1]
         if self.label_names is not None and len(self.label_names) != n_labels:
             raise EfficiencyError(f"efficiency model: {n_labels} label columns for names {self.label_names}")
-        logs = np.log(pts) if np.all(pts > 0) else None
-        if logs is None:
+        if not np.all(pts > 0):
             raise EfficiencyError("efficiency model needs positive masses (it works in log mass)")
+        logs = np.log(pts)
         self.center = logs.mean(axis=0)
         spread = logs.std(axis=0)
         self.scale = np.where(spread > 0, spread, 1.0)
-        # a label that never varies cannot be constrained: keep it out of the polynomial
-        varying = [i for i in range(n_labels) if spread[i] > 0]
-        distinct = [len(np.unique(np.round(logs[:, i], 12))) for i in range(n_labels)]
-
-        def terms_for(degree: int) -> tuple[int, list[tuple[int, ...]]]:
-            while True:
-                terms = [
-                    t
-                    for t in _monomials(n_labels, degree)
-                    if all(t[i] == 0 for i in range(n_labels) if i not in varying)
-                    # and no power beyond (number of distinct values - 1) of a variable
-                    and all(t[i] <= distinct[i] - 1 for i in range(n_labels))
-                ]
-                if len(terms) < k_pts or degree == 0:  # keep >= 1 degree of freedom
-                    return degree, terms
-                degree -= 1
-
         self.lo, self.hi = pts.min(axis=0), pts.max(axis=0)
         w = 1.0 / var
-        if self.degree == "auto":
-            # smallest Akaike criterion chi2 + 2 * (number of parameters) over degrees 0..max
-            best = None
-            for d in range(self.max_degree + 1):
-                used, terms = terms_for(d)
-                if used != d:
-                    break
-                self.terms = terms
-                chi2 = self._wls(pts, y, w)[2]
-                aic = chi2 + 2 * len(terms)
-                if best is None or aic < best[0] - 1e-9:
-                    best = (aic, d)
-            assert best is not None
-            self.used_degree, self.terms = terms_for(best[1])
-        else:
-            self.used_degree, self.terms = terms_for(int(self.degree))
+        self.used_degree, self.terms = self._choose_terms(pts, y, w, logs, spread)
         self.coef, self.cov, self.chi2 = self._wls(pts, y, w)
-        self.ndf = int(k_pts - len(self.terms))
+        self.ndf = int(len(pts) - len(self.terms))
         if self.label_names is None:
             self.label_names = [f"label{i}" for i in range(n_labels)]
         return self
+
+    def _terms_for(self, degree: int, logs: np.ndarray, spread: np.ndarray) -> tuple[int, list[tuple[int, ...]]]:
+        """(degree used, monomials): lowered until at least one degree of freedom remains."""
+        n_points, n_labels = logs.shape
+        # a label that never varies cannot be constrained: keep it out of the polynomial;
+        # no power beyond (number of distinct values - 1) of a variable
+        varying = [i for i in range(n_labels) if spread[i] > 0]
+        distinct = [len(np.unique(np.round(logs[:, i], 12))) for i in range(n_labels)]
+        while True:
+            terms = [
+                t
+                for t in _monomials(n_labels, degree)
+                if all(t[i] == 0 for i in range(n_labels) if i not in varying)
+                and all(t[i] <= distinct[i] - 1 for i in range(n_labels))
+            ]
+            if len(terms) < n_points or degree == 0:
+                return degree, terms
+            degree -= 1
+
+    def _choose_terms(self, pts: np.ndarray, y: np.ndarray, w: np.ndarray, logs: np.ndarray, spread: np.ndarray) -> tuple[int, list[tuple[int, ...]]]:
+        """The fixed degree, or (``"auto"``) the smallest Akaike criterion chi2 + 2 k over degrees 0..max."""
+        if self.degree != "auto":
+            return self._terms_for(int(self.degree), logs, spread)
+        best = None
+        for d in range(self.max_degree + 1):
+            used, terms = self._terms_for(d, logs, spread)
+            if used != d:
+                break
+            self.terms = terms
+            aic = self._wls(pts, y, w)[2] + 2 * len(terms)
+            if best is None or aic < best[0] - 1e-9:
+                best = (aic, d)
+        assert best is not None
+        return self._terms_for(best[1], logs, spread)
 
     def _wls(self, pts: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Weighted least squares of ``y`` on the current terms: (coef, covariance, chi2)."""
@@ -370,7 +411,7 @@ class EfficiencyModel:
     def from_table(cls, table: EfficiencyTable, degree: int | str = "auto") -> "EfficiencyModel":
         """Fit to a measured :class:`EfficiencyTable` (uses the counts)."""
         model = cls(degree=degree, label_names=table.label_names)
-        model.fit(table.points, table.eff, table.err, n_read=table.n_read, n_selected=table.n_selected)
+        model.fit(table.points, table.eff, table.err, n_read=table.n_eff, n_selected=table.k_eff)
         model.table = table
         return model
 

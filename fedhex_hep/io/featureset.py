@@ -8,7 +8,7 @@ Saved as parquet; the metadata travels in the parquet file's key-value metadata.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,17 @@ METADATA_KEY = b"fedhex_hep"
 
 class FeatureSetError(FedhexError, ValueError):
     """A FeatureSet file or content problem; the message names the file or column."""
+
+
+def _hist_axis(name: str, edges: np.ndarray, unit: str) -> Any:
+    """Regular axis when the edges are equal-width, else Variable; label ``name [unit]``."""
+    import hist
+
+    label = f"{name} [{unit}]" if unit else name
+    widths = np.diff(edges)
+    if np.allclose(widths, widths[0], rtol=1e-9, atol=0):
+        return hist.axis.Regular(len(widths), float(edges[0]), float(edges[-1]), name=name, label=label)
+    return hist.axis.Variable(edges, name=name, label=label)
 
 
 @dataclass
@@ -113,6 +124,63 @@ class FeatureSet:
         """(points, counts): distinct label points and the number of events at each."""
         return np.unique(self.labels, axis=0, return_counts=True)
 
+    def units(self) -> dict[str, str]:
+        """Unit of each column from the configuration in the metadata (``input.units``); may be empty."""
+        config = self.metadata.get("config") or {}
+        return dict((config.get("input") or {}).get("units") or {})
+
+    def to_hist(
+        self,
+        feature: str | Sequence[str],
+        bins: int | Sequence[float] | Mapping[str, Any] = 40,
+        *,
+        point: Sequence[float] | Mapping[str, float] | None = None,
+    ) -> Any:
+        """A ``hist.Hist`` (Weight storage) of one feature, or of several (one axis each).
+
+        ``bins``: an int (equal bins over the 0.1-99.9% quantiles of all events of this set,
+        the binning ``fedhex-hep export`` uses), explicit edges, or a mapping feature -> either.
+        ``point``: only the events at this label point (a sequence in label order or a mapping
+        label -> value); None: all events. Axis labels carry the configured units.
+
+        >>> fs = FeatureSet.from_numpy([[1.0], [2.0], [2.5]], [[10.0], [10.0], [20.0]], ["x"], ["m"], [1.0, 2.0, 0.5])
+        >>> h = fs.to_hist("x", bins=[0.0, 2.0, 3.0], point={"m": 10.0})
+        >>> h.values().tolist(), h.variances().tolist()
+        ([1.0, 2.0], [1.0, 4.0])
+        """
+        import hist
+
+        from fedhex_hep.io.export import resolve_binning
+
+        names = [feature] if isinstance(feature, str) else list(feature)
+        unknown = [n for n in names if n not in self.feature_names]
+        if unknown:
+            raise FeatureSetError(f"to_hist: no feature {unknown[0]!r} (features: {self.feature_names})")
+        if isinstance(bins, Mapping):
+            spec: Any = {n: bins.get(n, 40) for n in self.feature_names}
+        elif np.ndim(bins) == 0:
+            spec = int(bins)  # type: ignore[arg-type]
+        else:
+            spec = {n: list(bins) for n in names}  # type: ignore[arg-type]
+        edges = resolve_binning([self], spec if isinstance(spec, int) else {n: spec[n] for n in names})
+        chosen = self if point is None else self.at_label(self._point_values(point))
+        units = self.units()
+        axes = [_hist_axis(n, edges[n], units.get(n, "")) for n in names]
+        h = hist.Hist(*axes, storage=hist.storage.Weight())
+        h.fill(*[chosen.column(n) for n in names], weight=chosen.weights)
+        return h
+
+    def _point_values(self, point: Sequence[float] | Mapping[str, float]) -> list[float]:
+        if isinstance(point, Mapping):
+            missing = [n for n in self.label_names if n not in point]
+            if missing:
+                raise FeatureSetError(f"point has no value for label {missing[0]!r}")
+            return [float(point[n]) for n in self.label_names]
+        values = [float(v) for v in np.asarray(point, dtype=np.float64).reshape(-1)]
+        if len(values) != len(self.label_names):
+            raise FeatureSetError(f"point needs {len(self.label_names)} values ({', '.join(self.label_names)})")
+        return values
+
     def drop_nonfinite(self) -> tuple["FeatureSet", int]:
         """Drop events with NaN/inf in any feature, label or weight; return (kept, n_dropped)."""
         columns = [*self.feature_names, *self.label_names, "weight"]
@@ -129,7 +197,7 @@ class FeatureSet:
         return counts
 
     def drop_sparse_labels(self, min_events: int) -> tuple["FeatureSet", list[dict[str, Any]]]:
-        """Drop label points with fewer than ``min_events`` events (the old ``thresh``).
+        """Drop label points with fewer than ``min_events`` events.
 
         Returns (kept, dropped) where dropped lists ``{"label": {...}, "events": n}``.
         """

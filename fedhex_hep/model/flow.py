@@ -31,6 +31,9 @@ import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from fedhex_hep._tf import import_tensorflow  # noqa: E402
+
+import_tensorflow()
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 

@@ -357,7 +357,9 @@ def train(
     An existing model in ``model_dir`` is refused unless ``overwrite`` (then its files are
     removed first; other files in the folder are left alone).
     """
-    import tensorflow as tf
+    from fedhex_hep._tf import import_tensorflow
+
+    tf = import_tensorflow()
     import tf_keras
 
     from fedhex_hep.model.flow import build_flow

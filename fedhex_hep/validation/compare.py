@@ -43,8 +43,19 @@ class CompareError(FedhexError, ValueError):
     """Inputs that cannot be compared (different features or labels); the message says which."""
 
 
-def _title(label_names: Sequence[str], point: Sequence[float]) -> str:
-    return ", ".join(f"{n} = {float(v):g} GeV" for n, v in zip(label_names, point))
+def _title(label_names: Sequence[str], point: Sequence[float], units: Mapping[str, str] | None = None) -> str:
+    units = units or {}
+    return ", ".join(f"{n} = {float(v):g} {units.get(n, '')}".rstrip() for n, v in zip(label_names, point))
+
+
+def _axis_label(name: str, units: Mapping[str, str]) -> str:
+    unit = units.get(name, "")
+    return f"{name} [{unit}]" if unit else name
+
+
+def _unless_unit(weights: np.ndarray) -> np.ndarray | None:
+    """None for unit weights (then the KS p-value is scipy's exact two-sample one), else the weights."""
+    return None if np.all(weights == 1.0) else weights
 
 
 def core_edges(ref: np.ndarray, bins: int = 40, width: float = 6.0) -> np.ndarray:
@@ -91,16 +102,18 @@ def point_metrics(
     """chi2/ndf and KS per feature between two FeatureSets at ONE mass point (shapes).
 
     chi2 over the plotted bins (:func:`core_edges` of the MC, or the edges given), KS over all
-    events; ``outside_*`` is the weighted fraction of each sample outside the bins.
+    events, both with the event weights (sums of squared weights for the chi2 errors, weighted
+    CDFs and effective sample sizes for KS); ``outside_*`` is the weighted fraction of each
+    sample outside the bins.
     """
-    from fedhex_hep.validation.metrics import chi2_ndf, ks_test
+    from fedhex_hep.validation.metrics import chi2_ndf, ks_test_weighted
 
     out: dict[str, dict[str, float]] = {}
     for name in mc.feature_names:
         a, b = gen.column(name), mc.column(name)
         edges = _edges(name, b, bins)
         chi2 = chi2_ndf(a, b, edges, weights_a=gen.weights, weights_b=mc.weights)
-        ks = ks_test(a, b)
+        ks = ks_test_weighted(a, b, _unless_unit(gen.weights), _unless_unit(mc.weights))
         out[name] = {
             "chi2": float(chi2.chi2),
             "ndf": int(chi2.ndf),
@@ -132,6 +145,84 @@ def plot_loss(
     return save_figure(fig, out, formats, overwrite=overwrite)
 
 
+def _common_points(generated: FeatureSet, mc: FeatureSet) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Generated points that have MC (labels equal within 1e-6 relative), and those that have none."""
+    mc_points = mc.label_points()
+    common, without = [], []
+    for p in generated.label_points():
+        (common if np.any(np.all(np.isclose(mc_points, p, rtol=1e-6, atol=0), axis=1)) else without).append(p)
+    return common, without
+
+
+def _planned_files(outdir: Path, features: list[str], labels: list[str], common: list[np.ndarray], formats: tuple[str, ...], history: bool) -> list[Path]:
+    """Every file compare writes, so that an existing output is refused before anything is written."""
+    stems: list[Path] = []
+    for p in common:
+        tag = point_tag(labels, p)
+        stems += [outdir / f"{f}__{tag}" for f in features]
+        stems += [outdir / f"2d_{fx}_vs_{fy}__{tag}" for fx, fy in itertools.combinations(features, 2)]
+    if len(features) >= 2 and len(labels) >= 2:
+        stems.append(outdir / "label_plane")
+    if history:
+        stems.append(outdir / "loss")
+    targets = [s.with_name(s.name + f".{fmt.lower().lstrip('.')}") for s in stems for fmt in formats]
+    return [*targets, outdir / "metrics.json"]
+
+
+def _overlay_text(res: Mapping[str, Any]) -> str:
+    return (
+        f"χ²/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
+        f"KS p-value = {res['ks_pvalue']:.3g}\n"
+        f"outside: gen {100 * res['outside_generated']:.1f}%, MC {100 * res['outside_mc']:.1f}%"
+    )
+
+
+def _plot_point(g: FeatureSet, m: FeatureSet, point: np.ndarray, per_feature: Mapping[str, Any], outdir: Path, options: Mapping[str, Any]) -> list[Path]:
+    """Overlay per feature and side-by-side 2D per feature pair at one mass point."""
+    from fedhex_hep.validation.plotting import plot_2d_side_by_side, plot_overlay, save_figure
+
+    features, labels, units, bins = m.feature_names, m.label_names, options["units"], options["bins"]
+    tag, title = point_tag(labels, point), _title(labels, point, units)
+    formats, overwrite = options["formats"], options["overwrite"]
+    plots: list[Path] = []
+    for f in features:
+        fig = plot_overlay(
+            g.column(f), m.column(f), _edges(f, m.column(f), bins), _axis_label(f, units), title,
+            gen_weights=g.weights, mc_weights=m.weights, normalize=options["normalize"], text=_overlay_text(per_feature[f]),
+            gen_label=f"Generated ({len(g)} ev.)", mc_label=f"MC ({len(m)} ev.)",
+        )
+        plots += save_figure(fig, outdir / f"{f}__{tag}", formats, overwrite=overwrite)
+    for fx, fy in itertools.combinations(features, 2):
+        ix, iy = features.index(fx), features.index(fy)
+        ex, ey = _edges(fx, m.column(fx), bins), _edges(fy, m.column(fy), bins)
+        names = (_axis_label(fx, units), _axis_label(fy, units))
+        fig = plot_2d_side_by_side(g.features[:, [ix, iy]], m.features[:, [ix, iy]], ex, ey, names, title, g.weights, m.weights)
+        plots += save_figure(fig, outdir / f"2d_{fx}_vs_{fy}__{tag}", formats, overwrite=overwrite)
+    return plots
+
+
+def _overview_plots(generated: FeatureSet, mc: FeatureSet, outdir: Path, history_csv: str | Path | None, options: Mapping[str, Any]) -> list[Path]:
+    """The label-plane overview (two features, two labels) and the loss curve (with ``history_csv``)."""
+    from fedhex_hep.validation.plotting import PlotError, plot_label_plane, save_figure
+
+    features, labels, units = mc.feature_names, mc.label_names, options["units"]
+    formats, overwrite = options["formats"], options["overwrite"]
+    plots: list[Path] = []
+    if len(features) >= 2 and len(labels) >= 2:
+        fig = plot_label_plane(
+            mc.features[:, :2], mc.label_points()[:, :2],
+            (_axis_label(features[0], units), _axis_label(features[1], units)), (labels[0], labels[1]),
+            gen_features=generated.features[:, :2], gen_points=generated.label_points()[:, :2],
+        )
+        plots += save_figure(fig, outdir / "label_plane", formats, overwrite=overwrite)
+    if history_csv is not None:
+        try:
+            plots += plot_loss(history_csv, outdir / "loss", formats, overwrite=overwrite)
+        except PlotError as exc:
+            raise CompareError(str(exc)) from None
+    return plots
+
+
 def compare(
     generated: FeatureSet,
     mc: FeatureSet,
@@ -148,8 +239,6 @@ def compare(
     chi2_ndf, chi2_pvalue, ks_statistic, ks_pvalue, ...}}}}, "plots": [paths],
     "files": [paths incl. metrics.json], "points_without_mc": [[...], ...]}``.
     """
-    from fedhex_hep.validation.plotting import PlotError, plot_2d_side_by_side, plot_label_plane, plot_overlay, save_figure
-
     if (generated.feature_names, generated.label_names) != (mc.feature_names, mc.label_names):
         raise CompareError(
             f"generated columns {generated.feature_names + generated.label_names} differ from "
@@ -157,87 +246,22 @@ def compare(
         )
     if len(mc) == 0 or len(generated) == 0:
         raise CompareError("nothing to compare: the " + ("MC" if len(mc) == 0 else "generated") + " FeatureSet is empty")
-    formats = tuple(formats)
     outdir = Path(outdir)
-    features, labels = mc.feature_names, mc.label_names
-    pairs = list(itertools.combinations(features, 2))
-
-    mc_points = mc.label_points()
-    gen_points = generated.label_points()
-    common, without = [], []
-    for p in gen_points:
-        (common if np.any(np.all(np.isclose(mc_points, p, rtol=1e-6, atol=0), axis=1)) else without).append(p)
-
-    # plan every file first, so an existing output is refused before anything is written
-    stems: list[Path] = []
-    for p in common:
-        tag = point_tag(labels, p)
-        stems += [outdir / f"{f}__{tag}" for f in features]
-        stems += [outdir / f"2d_{fx}_vs_{fy}__{tag}" for fx, fy in pairs]
-    if len(features) >= 2 and len(labels) >= 2:
-        stems.append(outdir / "label_plane")
-    if history_csv is not None:
-        stems.append(outdir / "loss")
-    targets = [s.with_name(s.name + f".{fmt.lower().lstrip('.')}") for s in stems for fmt in formats]
-    targets.append(outdir / "metrics.json")
+    options = {"formats": tuple(formats), "overwrite": overwrite, "bins": bins, "normalize": normalize, "units": {**generated.units(), **mc.units()}}
+    common, without = _common_points(generated, mc)
+    targets = _planned_files(outdir, mc.feature_names, mc.label_names, common, options["formats"], history_csv is not None)
     # one compare per folder at a time: a second run into the same folder is refused at once
     with output_lock(outdir):
         for target in targets:
             check_writable(target, overwrite=overwrite)
-
         plots: list[Path] = []
         metrics: dict[str, Any] = {}
         for p in common:
-            tag = point_tag(labels, p)
-            title = _title(labels, p)
             g, m = generated.at_label(p), mc.at_label(p)
             per_feature = point_metrics(g, m, bins)
-            metrics[tag] = {"label": dict(zip(labels, map(float, p))), "features": per_feature}
-            for f in features:
-                res = per_feature[f]
-                text = (
-                    f"χ²/ndf = {res['chi2']:.1f}/{res['ndf']} = {res['chi2_ndf']:.2f}\n"
-                    f"KS p-value = {res['ks_pvalue']:.3g}\n"
-                    f"outside: gen {100 * res['outside_generated']:.1f}%, MC {100 * res['outside_mc']:.1f}%"
-                )
-                fig = plot_overlay(
-                    g.column(f),
-                    m.column(f),
-                    _edges(f, m.column(f), bins),
-                    f,
-                    title,
-                    gen_weights=g.weights,
-                    mc_weights=m.weights,
-                    normalize=normalize,
-                    text=text,
-                    gen_label=f"Generated ({len(g)} ev.)",
-                    mc_label=f"MC ({len(m)} ev.)",
-                )
-                plots += save_figure(fig, outdir / f"{f}__{tag}", formats, overwrite=overwrite)
-            for fx, fy in pairs:
-                ix, iy = features.index(fx), features.index(fy)
-                ex, ey = _edges(fx, m.column(fx), bins), _edges(fy, m.column(fy), bins)
-                fig = plot_2d_side_by_side(
-                    g.features[:, [ix, iy]], m.features[:, [ix, iy]], ex, ey, (fx, fy), title, g.weights, m.weights
-                )
-                plots += save_figure(fig, outdir / f"2d_{fx}_vs_{fy}__{tag}", formats, overwrite=overwrite)
-
-        if len(features) >= 2 and len(labels) >= 2:
-            fig = plot_label_plane(
-                mc.features[:, :2],
-                mc_points[:, :2],
-                (features[0], features[1]),
-                (labels[0], labels[1]),
-                gen_features=generated.features[:, :2],
-                gen_points=gen_points[:, :2],
-            )
-            plots += save_figure(fig, outdir / "label_plane", formats, overwrite=overwrite)
-        if history_csv is not None:
-            try:
-                plots += plot_loss(history_csv, outdir / "loss", formats, overwrite=overwrite)
-            except PlotError as exc:
-                raise CompareError(str(exc)) from None
-
+            metrics[point_tag(mc.label_names, p)] = {"label": dict(zip(mc.label_names, map(float, p))), "features": per_feature}
+            plots += _plot_point(g, m, p, per_feature, outdir, options)
+        plots += _overview_plots(generated, mc, outdir, history_csv, options)
         if not common:
             log.warning("no generated mass point has MC: only the overview plots were made")
         result = {

@@ -3,7 +3,8 @@
 Figures are built on matplotlib's object API with an Agg canvas (no pyplot state, no display
 needed, nothing left open) inside ``mplhep.style.CMS``. Every save goes to a temporary name
 in the target folder and is renamed when complete (:func:`fedhex_hep.io.atomic.atomic_path`).
-Units: GeV; axis labels are the feature names from the FeatureSet, e.g. ``phi [GeV]``.
+Axis labels are given by the caller with their units, e.g. ``phi [GeV]`` (compare takes the units
+from the configuration in the FeatureSet metadata).
 """
 
 from __future__ import annotations
@@ -92,6 +93,54 @@ def _hist1d(values: np.ndarray, weights: np.ndarray, edges: np.ndarray):
     return h
 
 
+def _scaled(gen: np.ndarray, mc: np.ndarray, gw: np.ndarray, mw: np.ndarray, edges: np.ndarray, normalize: str) -> tuple[Any, Any, str]:
+    """(generated hist, MC hist, y label), scaled as ``normalize`` says (Weight storage: variances scale too)."""
+    if normalize == "mc":
+        s_gen, s_mc, ylabel = mw.sum() / gw.sum(), 1.0, "Events / bin"
+    elif normalize == "unit":
+        s_gen, s_mc, ylabel = 1.0 / gw.sum(), 1.0 / mw.sum(), "Fraction of events / bin"
+    else:
+        raise PlotError(f"normalize must be 'mc' or 'unit', got {normalize!r}")
+    return _hist1d(gen, gw, edges) * s_gen, _hist1d(mc, mw, edges) * s_mc, ylabel
+
+
+def _draw_main(ax: Any, hg: Any, hm: Any, labels: tuple[str, str, str], title: str, text: str) -> None:
+    """Generated (step) and MC (points) with their statistical errors, legend, title and text box."""
+    import mplhep
+
+    gen_label, mc_label, ylabel = labels
+    mplhep.histplot(hg, yerr=np.sqrt(hg.variances()), histtype="step", color=GEN_COLOR, lw=2, label=gen_label, ax=ax)
+    mplhep.histplot(hm, yerr=np.sqrt(hm.variances()), histtype="errorbar", color=MC_COLOR, markersize=5, label=mc_label, ax=ax)
+    top = max(np.max(h.values() + np.sqrt(h.variances())) for h in (hg, hm))
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.35 * max(top, 1e-12))
+    ax.set_title(title, loc="right")
+    ax.legend(loc="upper right")
+    if text:
+        box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"}
+        ax.text(0.04, 0.95, text, transform=ax.transAxes, va="top", ha="left", fontsize=16, bbox=box)
+    ax.tick_params(labelbottom=False)
+    ax.set_xlabel("")
+
+
+def _draw_ratio(rax: Any, hg: Any, hm: Any, edges: np.ndarray, xlabel: str) -> None:
+    """Generated / MC with the generated statistical error; the MC's relative error as a grey band."""
+    g_val, g_err = hg.values(), np.sqrt(hg.variances())
+    m_val, m_err = hm.values(), np.sqrt(hm.variances())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio, r_err, mc_band = g_val / m_val, g_err / m_val, m_err / m_val
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    ok = np.isfinite(ratio) & np.isfinite(r_err)
+    band = np.append(np.nan_to_num(mc_band, nan=0.0), 0)
+    rax.fill_between(edges, 1 - band, 1 + band, step="post", color="0.8", label="MC stat.")
+    rax.axhline(1.0, color="0.3", ls="--", lw=1)
+    rax.errorbar(centers[ok], ratio[ok], yerr=r_err[ok], fmt="o", color=GEN_COLOR, markersize=4)
+    rax.set_ylim(0.5, 1.5)
+    rax.set_ylabel("Gen / MC")
+    rax.set_xlabel(xlabel)
+    rax.set_xlim(edges[0], edges[-1])
+
+
 def plot_overlay(
     gen: np.ndarray,
     mc: np.ndarray,
@@ -107,76 +156,25 @@ def plot_overlay(
 ):
     """Generated vs MC histogram of one feature with statistical errors and a ratio panel.
 
-    ``normalize``: ``"mc"`` scales the generated histogram to the MC yield (sum of MC weights),
-    ``"unit"`` scales both to unit area. Events outside ``edges`` count in the normalisation
-    (both samples are scaled by their totals) but are not drawn.
+    ``feature`` is the x-axis label (with its unit). ``normalize``: ``"mc"`` scales the
+    generated histogram to the MC yield (sum of MC weights), ``"unit"`` scales both to unit
+    area. Events outside ``edges`` count in the normalisation (both samples are scaled by their
+    totals) but are not drawn.
     """
-    import mplhep
-
     gen = np.asarray(gen, dtype=np.float64)
     mc = np.asarray(mc, dtype=np.float64)
     if gen.size == 0 or mc.size == 0:
         raise PlotError(f"feature {feature!r} at {title}: an empty sample cannot be plotted")
     gw = np.ones_like(gen) if gen_weights is None else np.asarray(gen_weights, dtype=np.float64)
     mw = np.ones_like(mc) if mc_weights is None else np.asarray(mc_weights, dtype=np.float64)
-    if normalize == "mc":
-        s_gen, s_mc, ylabel = mw.sum() / gw.sum(), 1.0, "Events / bin"
-    elif normalize == "unit":
-        s_gen, s_mc, ylabel = 1.0 / gw.sum(), 1.0 / mw.sum(), "Fraction of events / bin"
-    else:
-        raise PlotError(f"normalize must be 'mc' or 'unit', got {normalize!r}")
-    hg = _hist1d(gen, gw, edges)
-    hm = _hist1d(mc, mw, edges)
-    g_val, g_err = hg.values() * s_gen, np.sqrt(hg.variances()) * s_gen
-    m_val, m_err = hm.values() * s_mc, np.sqrt(hm.variances()) * s_mc
-
+    hg, hm, ylabel = _scaled(gen, mc, gw, mw, np.asarray(edges, dtype=np.float64), normalize)
     with style():
         fig = new_figure(figsize=(10, 10))
         grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.05)
         ax = fig.add_subplot(grid[0])
         rax = fig.add_subplot(grid[1], sharex=ax)
-        mplhep.histplot(g_val, edges, yerr=g_err, histtype="step", color=GEN_COLOR, lw=2, label=gen_label, ax=ax)
-        mplhep.histplot(
-            m_val, edges, yerr=m_err, histtype="errorbar", color=MC_COLOR, markersize=5, label=mc_label, ax=ax
-        )
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1.35 * max(np.max(g_val + g_err), np.max(m_val + m_err), 1e-12))
-        ax.set_title(title, loc="right")
-        ax.legend(loc="upper right")
-        if text:
-            ax.text(
-                0.04,
-                0.95,
-                text,
-                transform=ax.transAxes,
-                va="top",
-                ha="left",
-                fontsize=16,
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"},
-            )
-        ax.tick_params(labelbottom=False)
-        ax.set_xlabel("")
-
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = g_val / m_val
-            r_err = g_err / m_val  # generated stat. error; the MC's is the grey band
-            mc_band = m_err / m_val
-        centers = 0.5 * (edges[1:] + edges[:-1])
-        ok = np.isfinite(ratio) & np.isfinite(r_err)
-        rax.fill_between(
-            edges,
-            1 - np.append(np.nan_to_num(mc_band, nan=0.0), 0),
-            1 + np.append(np.nan_to_num(mc_band, nan=0.0), 0),
-            step="post",
-            color="0.8",
-            label="MC stat.",
-        )
-        rax.axhline(1.0, color="0.3", ls="--", lw=1)
-        rax.errorbar(centers[ok], ratio[ok], yerr=r_err[ok], fmt="o", color=GEN_COLOR, markersize=4)
-        rax.set_ylim(0.5, 1.5)
-        rax.set_ylabel("Gen / MC")
-        rax.set_xlabel(f"{feature} [GeV]")
-        rax.set_xlim(edges[0], edges[-1])
+        _draw_main(ax, hg, hm, (gen_label, mc_label, ylabel), title, text)
+        _draw_ratio(rax, hg, hm, np.asarray(edges, dtype=np.float64), feature)
         fig.align_ylabels([ax, rax])
     return fig
 
@@ -243,8 +241,8 @@ def plot_2d_side_by_side(
         for ax, values, name in zip(axes, panels, ("Generated (flow)", "MC")):
             shown = np.where(values > 0, values, np.nan).T
             mesh = ax.pcolormesh(edges_x, edges_y, shown, norm=norm, cmap="viridis", shading="flat")
-            ax.set_xlabel(f"{features[0]} [GeV]")
-            ax.set_ylabel(f"{features[1]} [GeV]")
+            ax.set_xlabel(features[0])
+            ax.set_ylabel(features[1])
             ax.set_title(name, loc="left")
         fig.colorbar(mesh, ax=list(axes), label="Fraction of events / bin", pad=0.02)
         fig.suptitle(title, fontsize=20)
@@ -301,8 +299,8 @@ def plot_label_plane(
                     zorder=5,
                 )
                 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=15, frameon=False)
-            ax.set_xlabel(f"{features[0]} [GeV]")
-            ax.set_ylabel(f"{features[1]} [GeV]")
+            ax.set_xlabel(features[0])
+            ax.set_ylabel(features[1])
             ax.set_title(f"{name}: all mass points", loc="left")
     return fig
 
