@@ -43,6 +43,7 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
+from fedhex_hep.naming import point_category as point_key
 from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "point_key", "file_id", "resolve_branch"]
@@ -53,11 +54,6 @@ SCHEMAS = ("base", "nanoaod")
 def file_id(filename: str) -> int:
     """Stable non-negative int64 id of a file name (the same in every process)."""
     return int.from_bytes(hashlib.blake2b(filename.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def point_key(names: Sequence[str], values: Sequence[float]) -> str:
-    """Histogram category of a label point: ``"labelphi=1870,labelomega=9.025"``."""
-    return ",".join(f"{n}={float(v):.10g}" for n, v in zip(names, values))
 
 
 def group_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,7 @@ from typing import Any
 import numpy as np
 from coffea import processor
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.naming import format_value, point_tag as point_key, hist_name as template_name
 
 __all__ = [
     "CombinedProcessor",
@@ -117,29 +118,6 @@ class GenerationProcessorError(FedhexError, ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # naming
-
-
-def format_value(value: float) -> str:
-    """A label value as it appears in names: 1870.0 -> ``1870``, 9.025 -> ``9p025``, -1.5 -> ``m1p5``."""
-    text = np.format_float_positional(float(value), trim="-")
-    return text.replace("-", "m").replace(".", "p")
-
-
-def point_key(label_names: Sequence[str], point: Sequence[float]) -> str:
-    """``<label1>_<v1>__<label2>_<v2>``, e.g. ``labelphi_1870__labelomega_9p025``."""
-    if len(label_names) != len(point):
-        raise GenerationProcessorError(
-            f"mass point {list(point)} has {len(point)} values but the model has labels {list(label_names)}"
-        )
-    return "__".join(f"{name}_{format_value(v)}" for name, v in zip(label_names, point))
-
-
-def template_name(feature: str, label_names: Sequence[str], point: Sequence[float]) -> str:
-    """Histogram name ``h_<feature>__<label1>_<v1>__<label2>_<v2>``.
-
-    Example: ``h_phi__labelphi_1870__labelomega_9p025``.
-    """
-    return f"h_{feature}__{point_key(label_names, point)}"
 
 
 def point_seed(seed: int, index: int) -> int:
@@ -214,25 +192,18 @@ def _read_model_names(model_path: Path) -> tuple[list[str], list[str]]:
 
 
 def _as_axis(feature: str, spec: Any) -> Any:
-    """A hist axis from ``(n, lo, hi)`` (a tuple) or bin edges (a list / array), GeV."""
+    """A hist axis from ``(n, lo, hi)`` (Regular) or bin edges (Variable, kept exactly), GeV."""
     import hist
 
+    from fedhex_hep.binning import BinningError, edges_from_spec
+
+    try:
+        edges = edges_from_spec(spec, feature)
+    except BinningError as exc:
+        raise GenerationProcessorError(f"bins[{feature!r}] = {spec!r}: {exc}") from None
     label = f"{feature} [GeV]"
     if isinstance(spec, tuple):
-        if len(spec) != 3 or not float(spec[0]).is_integer():
-            raise GenerationProcessorError(f"bins[{feature!r}] = {spec}: a tuple must be (n, lo, hi)")
-        n, lo, hi = int(spec[0]), float(spec[1]), float(spec[2])
-        if n < 1 or not hi > lo or not np.isfinite([lo, hi]).all():
-            raise GenerationProcessorError(f"bins[{feature!r}] = {spec}: need n >= 1 and finite hi > lo")
-        return hist.axis.Regular(n, lo, hi, name=feature, label=label)
-    try:
-        edges = np.asarray(spec, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise GenerationProcessorError(f"bins[{feature!r}]: give bin edges or a tuple (n, lo, hi)") from None
-    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
-        raise GenerationProcessorError(
-            f"bins[{feature!r}]: edges must be >= 2 finite, strictly increasing numbers (or a tuple (n, lo, hi))"
-        )
+        return hist.axis.Regular(len(edges) - 1, float(edges[0]), float(edges[-1]), name=feature, label=label)
     return hist.axis.Variable(edges, name=feature, label=label)
 
 

@@ -62,8 +62,9 @@ import numpy as np
 
 from fedhex_hep.io.atomic import OutputError, atomic_path, check_writable
 from fedhex_hep.io.featureset import FeatureSet
-from fedhex_hep.validation.metrics import quantile_edges
+from fedhex_hep.binning import BinningError, edges_from_spec, make_axis, quantile_edges
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.naming import HIST_NAMING, format_value, hist2d_name, hist_name, point_tag, point_title
 
 __all__ = [
     "ExportError",
@@ -81,11 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HIST_NAMING = (
-    "h_<feature>__<label1>_<v1>__<label2>_<v2> (TH1D); "
-    "h2_<featureX>_vs_<featureY>__<label1>_<v1>__<label2>_<v2> (TH2D); "
-    "values: shortest decimal, '.'->'p', '-'->'m' (1870, 9p025)"
-)
 
 # events per TTree.extend call: large chunks make few, large baskets (fast to read back)
 _TREE_CHUNK = 1_000_000
@@ -95,43 +91,7 @@ class ExportError(FedhexError, ValueError):
     """Bad export input (empty FeatureSet, bad binning); the message names the feature or key."""
 
 
-# -- names -----------------------------------------------------------------------------------
-def format_value(value: float) -> str:
-    """Mass value for names: ``1870.0`` -> ``1870``, ``9.025`` -> ``9p025``, ``-1.5`` -> ``m1p5``."""
-    value = float(value)
-    if not math.isfinite(value):
-        raise ExportError(f"label value {value} is not finite")
-    text = np.format_float_positional(value, trim="-")
-    return text.replace("-", "m").replace(".", "p")
-
-
-def point_tag(label_names: Sequence[str], point: Sequence[float]) -> str:
-    """``labelphi_1870__labelomega_9p025`` for the mass point ``point``."""
-    return "__".join(f"{name}_{format_value(v)}" for name, v in zip(label_names, point))
-
-
-def hist_name(feature: str, label_names: Sequence[str], point: Sequence[float]) -> str:
-    """Name of the TH1D of ``feature`` at ``point``: ``h_<feature>__<label>_<v>...``."""
-    return f"h_{feature}__{point_tag(label_names, point)}"
-
-
-def hist2d_name(feature_x: str, feature_y: str, label_names: Sequence[str], point: Sequence[float]) -> str:
-    """Name of the TH2D of (``feature_x``, ``feature_y``) at ``point``."""
-    return f"h2_{feature_x}_vs_{feature_y}__{point_tag(label_names, point)}"
-
-
-def _point_title(label_names: Sequence[str], point: Sequence[float]) -> str:
-    return ", ".join(f"{n} = {float(v):g} GeV" for n, v in zip(label_names, point))
-
-
 # -- binning ---------------------------------------------------------------------------------
-def _auto_edges(values: np.ndarray, n: int, feature: str, lo_q: float = 0.001, hi_q: float = 0.999) -> np.ndarray:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        raise ExportError(f"feature {feature!r} has no finite values to choose a binning from")
-    return quantile_edges(values, n, lo_q, hi_q)
-
-
 def resolve_binning(
     featureset: FeatureSet | Sequence[FeatureSet], bins: int | Mapping[str, Any] = 40
 ) -> dict[str, np.ndarray]:
@@ -155,30 +115,26 @@ def resolve_binning(
         spec = {name: int(bins) for name in names}
     else:
         raise ExportError(f"bins must be an int or a mapping feature -> int or edges, got {type(bins).__name__}")
-    edges: dict[str, np.ndarray] = {}
-    for name, value in spec.items():
-        if np.ndim(value) == 0:
-            n = int(value)
-            if n < 1 or n != value:
-                raise ExportError(f"bins for feature {name!r} must be a positive integer, got {value!r}")
-            values = np.concatenate([s.column(name) for s in sets])
-            edges[name] = _auto_edges(values, n, name)
-        else:
-            arr = np.asarray(value, dtype=np.float64)
-            if arr.ndim != 1 or arr.size < 2 or not np.all(np.isfinite(arr)) or np.any(np.diff(arr) <= 0):
-                raise ExportError(f"bin edges for feature {name!r} must be a strictly increasing list of >= 2 numbers")
-            edges[name] = arr
-    return edges
+    try:
+        return {name: _feature_edges(sets, name, value) for name, value in spec.items()}
+    except BinningError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _feature_edges(sets: Sequence[FeatureSet], name: str, value: Any) -> np.ndarray:
+    """Edges of one feature: automatic for a bin count, else :func:`fedhex_hep.binning.edges_from_spec`."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value < 1:
+            raise ExportError(f"bins for feature {name!r} must be a positive integer, got {value!r}")
+        values = np.concatenate([s.column(name) for s in sets])
+        return quantile_edges(values, int(value), 0.001, 0.999, what=f"feature {name!r}")
+    if np.ndim(value) == 0 and not isinstance(value, str):
+        raise ExportError(f"bins for feature {name!r} must be a positive integer, got {value!r}")
+    return edges_from_spec(value, name)
 
 
 def _axis(name: str, edges: np.ndarray):
-    import hist
-
-    label = f"{name} [GeV]"
-    widths = np.diff(edges)
-    if np.allclose(widths, widths[0], rtol=1e-9, atol=0):
-        return hist.axis.Regular(len(widths), float(edges[0]), float(edges[-1]), name=name, label=label)
-    return hist.axis.Variable(edges, name=name, label=label)
+    return make_axis(name, edges)
 
 
 # -- histograms ------------------------------------------------------------------------------
@@ -213,7 +169,7 @@ def build_histograms(featureset: FeatureSet, edges: Mapping[str, np.ndarray]) ->
     entries: list[HistEntry] = []
     for point, idx in _point_groups(featureset):
         where = dict(zip(labels, map(float, point)))
-        title = _point_title(labels, point)
+        title = point_title(labels, point)
         w = weights[idx]
         for name in feats:
             h = hist.Hist(_axis(name, edges[name]), storage=hist.storage.Weight(), name=f"{name} at {title}")
