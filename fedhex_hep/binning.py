@@ -44,6 +44,8 @@ __all__ = [
     "make_axis",
     "check_overflow",
     "fold_flow",
+    "drop_flow",
+    "apply_overflow",
     "outside_fraction",
 ]
 
@@ -232,20 +234,49 @@ def check_overflow(policy: str) -> str:
 
 
 def outside_fraction(h: Any) -> float:
-    """Fraction of a 1D Weight histogram's sum of weights in its under/overflow bins."""
+    """Fraction of a Weight histogram's sum of weights in its under/overflow bins."""
     total = float(h.sum(flow=True).value)
     inside = float(h.sum().value)
     return (total - inside) / total if total else 0.0
 
 
 def fold_flow(h: Any) -> Any:
-    """A copy of a 1D Weight histogram with under/overflow added to the first/last bin (variances too)."""
+    """A copy of a Weight histogram with each axis' under/overflow added to its first/last bin (variances too)."""
     out = h.copy()
     view = out.view(flow=True)
     for field in ("value", "variance"):
-        column = view[field]
-        column[1] += column[0]
-        column[-2] += column[-1]
-        column[0] = column[-1] = 0.0
-        view[field] = column
+        arr = np.array(view[field], dtype=np.float64)
+        for axis in range(arr.ndim):
+            moved = np.moveaxis(arr, axis, 0)
+            moved[1] += moved[0]
+            moved[-2] += moved[-1]
+            moved[0] = moved[-1] = 0.0
+        view[field] = arr
     return out
+
+
+def drop_flow(h: Any) -> Any:
+    """A copy of a Weight histogram with empty under/overflow bins."""
+    out = h.copy()
+    view = out.view(flow=True)
+    inner = tuple(slice(1, -1) for _ in range(view.ndim))
+    for field in ("value", "variance"):
+        arr = np.zeros(view[field].shape)
+        arr[inner] = np.asarray(view[field])[inner]
+        view[field] = arr
+    return out
+
+
+def apply_overflow(h: Any, policy: str) -> tuple[Any, float]:
+    """(histogram after ``policy``, fraction of its sum of weights outside the edges before it).
+
+    ``keep`` leaves the flow bins as they are; ``fold`` and ``drop`` as :func:`fold_flow` / :func:`drop_flow`.
+    """
+    fraction = outside_fraction(h)
+    if policy == "fold":
+        return fold_flow(h), fraction
+    if policy == "drop":
+        return drop_flow(h), fraction
+    if policy == "keep":
+        return h, fraction
+    raise BinningError(f"overflow policy {policy!r} is not one of keep, {', '.join(OVERFLOW_POLICIES)}")

@@ -32,10 +32,12 @@ the sample folders (``Phi_1870_omega_9p025``). A fit tool addresses a template b
 a CMS combine shapes line ``shapes sig * gen.root h_phi__labelphi_$MASS__labelomega_9p025``.
 
 Histograms use Weight storage (sum of weights and of squared weights), so ROOT gets correct
-bin errors (Sumw2). Every mass point uses the same bin edges per feature: from ``bins``
-(an int, or per feature an int or explicit edges) or automatically ``bins`` equal bins
-spanning the 0.1-99.9% quantiles of that feature over all events; under/overflow bins keep
-the events outside.
+bin errors (Sumw2). Every mass point uses the same bin edges per feature: from ``bins`` (an
+int, or per feature an int, ``(n, lo, hi)``, explicit edges, ``"n:lo:hi"`` or an edges file,
+see :mod:`fedhex_hep.binning`) or automatically ``bins`` equal bins spanning the 0.1-99.9%
+quantiles of that feature over all events. Events outside the edges: ``overflow="keep"``
+(under/overflow bins; a warning gives the fraction), ``"fold"`` (into the edge bins) or
+``"drop"``; ``meta/overflow`` holds the policy and each histogram's fraction outside.
 
 Parquet (``export_parquet``): the events file is a FeatureSet parquet (``FeatureSet.load``
 reads it back) whose metadata carries ``export`` (binning, efficiency, naming, extra); the
@@ -62,7 +64,7 @@ import numpy as np
 
 from fedhex_hep.io.atomic import OutputError, atomic_path, check_writable
 from fedhex_hep.io.featureset import FeatureSet
-from fedhex_hep.binning import BinningError, edges_from_spec, make_axis, quantile_edges
+from fedhex_hep.binning import BinningError, apply_overflow, edges_from_spec, make_axis, quantile_edges
 from fedhex_hep.errors import FedhexError
 from fedhex_hep.naming import HIST_NAMING, format_value, hist2d_name, hist_name, point_tag, point_title
 
@@ -301,7 +303,27 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, default=default, sort_keys=False)
 
 
-def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | None, efficiency: Any):
+def _apply_overflow(hists: list[HistEntry], policy: str) -> dict[str, Any]:
+    """Apply the overflow policy to every histogram (in place); the fractions outside, for ``meta/overflow``."""
+    fractions = {}
+    for entry in hists:
+        try:
+            entry.hist, fractions[entry.name] = apply_overflow(entry.hist, policy)
+        except BinningError as exc:
+            raise ExportError(str(exc)) from None
+    meaning = {
+        "keep": "events outside the edges are in the under/overflow bins (a combine fit ignores them)",
+        "fold": "events outside the edges are added to the first/last bin",
+        "drop": "events outside the edges are not in the histogram",
+    }[policy]
+    worst = max(fractions.values(), default=0.0)
+    if policy == "keep" and worst > 0:
+        log.warning("up to %.3g%% of a histogram's events lie outside its edges, kept in under/overflow "
+                    "(a combine fit ignores them); overflow='fold' or 'drop' makes the choice", 100 * worst)
+    return {"policy": policy, "meaning": meaning, "fraction": fractions}
+
+
+def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | None, efficiency: Any, overflow: str = "keep"):
     from fedhex_hep import __version__
 
     if not isinstance(featureset, FeatureSet):
@@ -312,6 +334,7 @@ def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | 
         raise ExportError("extra_meta must be a mapping of name -> JSON-serialisable value")
     edges = resolve_binning(featureset, bins)
     hists = build_histograms(featureset, edges)
+    overflow_meta = _apply_overflow(hists, overflow)
     eff = resolve_efficiency(featureset, efficiency)
     md = featureset.metadata
     meta = {
@@ -329,6 +352,7 @@ def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | 
             for e in hists
         ],
         "naming": HIST_NAMING,
+        "overflow": overflow_meta,
         "efficiency": eff,
         "metadata": {k: v for k, v in md.items() if k not in ("config", "efficiency")},
         "extra": dict(extra_meta or {}),
@@ -392,16 +416,19 @@ def export_root(
     overwrite: bool = False,
     extra_meta: Mapping[str, Any] | None = None,
     efficiency: Any = None,
+    overflow: str = "keep",
 ) -> Path:
     """Write ``featureset`` as a ROOT file (layout in the module docstring); returns the path.
 
     ``bins``: see :func:`resolve_binning`. ``efficiency``: see :func:`resolve_efficiency`.
+    ``overflow``: ``keep`` (under/overflow bins hold the events outside), ``fold`` (added to the
+    edge bins) or ``drop``; the fraction outside is in ``meta/overflow`` either way.
     Raises :class:`~fedhex_hep.io.atomic.OutputError` when the file exists (and not ``overwrite``)
     or cannot be written (read-only folder, full disk: no partial file is left behind).
     """
     path = Path(path)
     check_writable(path, overwrite=overwrite)  # refuse before any work is done
-    _, hists, eff, meta = _prepare(featureset, bins, extra_meta, efficiency)
+    _, hists, eff, meta = _prepare(featureset, bins, extra_meta, efficiency, overflow)
     with atomic_path(path, overwrite=overwrite) as tmp:
         _write_root(tmp, featureset, hists, eff, meta)
     log.info("wrote %s: %d events, %d histograms", path, len(featureset), len(hists))
@@ -454,6 +481,7 @@ def export_parquet(
     overwrite: bool = False,
     extra_meta: Mapping[str, Any] | None = None,
     efficiency: Any = None,
+    overflow: str = "keep",
 ) -> Path:
     """Write the events as a FeatureSet parquet at ``path`` and the histograms beside it.
 
@@ -469,7 +497,7 @@ def export_parquet(
         raise ExportError(f"{path}: the events file name must not end with .hists.parquet")
     check_writable(path, overwrite=overwrite)
     check_writable(side, overwrite=overwrite)
-    _, hists, _, meta = _prepare(featureset, bins, extra_meta, efficiency)
+    _, hists, _, meta = _prepare(featureset, bins, extra_meta, efficiency, overflow)
     table = _hist_table(featureset, hists)
     export_md = {k: v for k, v in meta.items() if k not in ("config", "metadata")}
     md = dict(featureset.metadata)
