@@ -353,7 +353,7 @@ class FlowTemplateProcessor(processor.ProcessorABC):
         """Mass points generated together in one sampler call (see ``sampling.points_per_draw``)."""
         from fedhex_hep.generation.sampling import points_per_draw
 
-        return points_per_draw(self.n_events, self.batch_size, bool(self.ranges))
+        return points_per_draw(self.n_events, self.batch_size, bool(self.ranges), len(self.points))
 
     def template_names(self) -> list[str]:
         """All histogram names this processor produces, point-major, features in bins order."""

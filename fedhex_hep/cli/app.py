@@ -227,44 +227,53 @@ def _generate_config(model: Path, method: str, config: Path | None, overrides: l
     return _load(config, overrides, extra)
 
 
+LabelsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--label", "-l", help="Mass point, comma-separated in label order, e.g. 2464,5.125 (repeatable)."),
+]
+RangesOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--range", help="Acceptance for a feature: name=min,max (repeatable); resampled until filled."),
+]
+ScanOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scan",
+        help="Mass scan: one ROOT file of template histograms per point, e.g. '1000:3000:250,1:9:1' "
+        "(start:stop:step or v1/v2/... per label; ';' joins grids).",
+    ),
+]
+YieldOpt = Annotated[
+    bool,
+    typer.Option("--yield-normalised", help="Scale each template to eff x acceptance x xsec x lumi events (n_events x eff without --xsec/--lumi) (--scan)."),
+]
+XsecOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Signal cross section in pb (--yield-normalised; default generation.xsec).")]
+LumiOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Integrated luminosity in 1/pb (--yield-normalised; default generation.lumi).")]
+VariationsOpt = Annotated[
+    bool, typer.Option("--variations", help="Write <template>_interpUp/Down from the ensemble members' spread (--scan).")
+]
+
+
 @app.command("generate")
 def generate_cmd(
     model: Annotated[Path, typer.Argument(help="Model directory (flow) or MC FeatureSet parquet (--method morph).")],
-    labels: Annotated[
-        Optional[list[str]],
-        typer.Option("--label", "-l", help="Mass point, comma-separated in label order, e.g. 2464,5.125 (repeatable)."),
-    ] = None,
+    labels: LabelsOpt = None,
     n_events: Annotated[Optional[int], typer.Option("-n", "--events", min=1, help="Events per mass point.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default: generation.seed).")] = None,
     method: Annotated[str, typer.Option(help="flow (the trained model) or morph (moment morphing of MC).")] = "flow",
-    ranges: Annotated[
-        Optional[list[str]],
-        typer.Option("--range", help="Acceptance for a feature: name=min,max (repeatable); resampled until filled."),
-    ] = None,
+    ranges: RangesOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Events sampled per batch (bounds memory).")] = None,
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Generated FeatureSet parquet (default output/generated.parquet; output/scan.root with --scan)."),
     ] = None,
-    scan: Annotated[
-        Optional[str],
-        typer.Option(
-            "--scan",
-            help="Mass scan: one ROOT file of template histograms per point, e.g. '1000:3000:250,1:9:1' "
-            "(start:stop:step or v1/v2/... per label; ';' joins grids).",
-        ),
-    ] = None,
+    scan: ScanOpt = None,
     bins: BinsOpt = None,
     overflow: OverflowOpt = None,
-    yield_normalised: Annotated[
-        bool,
-        typer.Option("--yield-normalised", help="Scale each template to eff x acceptance x xsec x lumi events (n_events x eff without --xsec/--lumi) (--scan)."),
-    ] = False,
-    xsec: Annotated[Optional[float], typer.Option(min=0.0, help="Signal cross section in pb (--yield-normalised; default generation.xsec).")] = None,
-    lumi: Annotated[Optional[float], typer.Option(min=0.0, help="Integrated luminosity in 1/pb (--yield-normalised; default generation.lumi).")] = None,
-    variations: Annotated[
-        bool, typer.Option("--variations", help="Write <template>_interpUp/Down from the ensemble members' spread (--scan).")
-    ] = False,
+    yield_normalised: YieldOpt = False,
+    xsec: XsecOpt = None,
+    lumi: LumiOpt = None,
+    variations: VariationsOpt = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     executor: ExecutorOpt = "iterative",
@@ -295,22 +304,25 @@ def generate_cmd(
         typer.echo(f"wrote scan templates to {path}")
         return
     output = check_writable(output or Path("output/generated.parquet"), overwrite=overwrite)
-    points = [_parse_point(t) for t in labels] if labels else None
+    result = _sample(model, method, cfg, [_parse_point(t) for t in labels or []], parsed_ranges)
+    result.save(output, overwrite=overwrite)
+    typer.echo(f"wrote {len(result)} events at {len(result.label_points())} mass points to {output}")
+
+
+def _sample(model: Path, method: str, cfg, points: list[list[float]], ranges: dict | None):
+    """Events at ``points`` from the flow in ``model`` or by moment morphing of the MC in ``model``."""
     if method == "flow":
         from fedhex_hep.generation.sampling import generate_from_config
 
-        result = generate_from_config(model, cfg, points, ranges=parsed_ranges)
-    elif method == "morph":
+        return generate_from_config(model, cfg, points or None, ranges=ranges)
+    if method == "morph":
         from fedhex_hep.generation.morphing import morph_generate
         from fedhex_hep.io.featureset import FeatureSet
 
         if not points:
             raise CLIError("--method morph needs at least one --label")
-        result = morph_generate(FeatureSet.load(model), points, cfg.generation.n_events, seed=cfg.generation.seed)
-    else:
-        raise CLIError(f"--method {method!r}: expected flow or morph")
-    result.save(output, overwrite=overwrite)
-    typer.echo(f"wrote {len(result)} events at {len(result.label_points())} mass points to {output}")
+        return morph_generate(FeatureSet.load(model), points, cfg.generation.n_events, seed=cfg.generation.seed)
+    raise CLIError(f"--method {method!r}: expected flow or morph")
 
 
 @app.command("datacard")

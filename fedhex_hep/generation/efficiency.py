@@ -229,6 +229,47 @@ def _expit(x: np.ndarray) -> np.ndarray:
     return expit(x)
 
 
+def _logit_inputs(
+    points: Any, eff: Any, err: Any, n_read: Any, n_selected: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (k, L), logit efficiencies and their variances, after checking the inputs."""
+    pts = np.asarray(points, dtype=np.float64)
+    pts = pts.reshape(len(pts), -1)
+    eff = np.asarray(eff, dtype=np.float64).reshape(-1)
+    err = np.asarray(err, dtype=np.float64).reshape(-1)
+    k_pts = len(pts)
+    if k_pts == 0:
+        raise EfficiencyError("efficiency model: no points to fit")
+    if eff.shape != (k_pts,) or err.shape != (k_pts,):
+        raise EfficiencyError(f"efficiency model: {k_pts} points but {eff.size} efficiencies and {err.size} errors")
+    if np.any(~np.isfinite(eff)) or np.any((eff < 0) | (eff > 1)):
+        raise EfficiencyError("efficiency model: efficiencies must be finite and within [0, 1]")
+    if np.any(~(err > 0)):
+        raise EfficiencyError("efficiency model: every error must be > 0")
+    if n_read is not None and n_selected is not None:
+        n = np.asarray(n_read, dtype=np.float64).reshape(-1)
+        k = np.asarray(n_selected, dtype=np.float64).reshape(-1)
+        return pts, np.log((k + 0.5) / (n - k + 0.5)), 1.0 / (k + 0.5) + 1.0 / (n - k + 0.5)
+    p = np.clip(eff, err / 2, 1 - err / 2)
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return pts, _logit(p), (err / (p * (1 - p))) ** 2
+
+
+def _terms_for(degree: int, n_labels: int, varying: list[int], distinct: list[int], k_pts: int) -> tuple[int, list[tuple[int, ...]]]:
+    """(degree used, monomials): lowered until fewer terms than points remain (>= 1 degree of freedom)."""
+    while True:
+        terms = [
+            t
+            for t in _monomials(n_labels, degree)
+            if all(t[i] == 0 for i in range(n_labels) if i not in varying)
+            # and no power beyond (number of distinct values - 1) of a variable
+            and all(t[i] <= distinct[i] - 1 for i in range(n_labels))
+        ]
+        if len(terms) < k_pts or degree == 0:
+            return degree, terms
+        degree -= 1
+
+
 class EfficiencyModel:
     """Smooth efficiency as a function of the masses (logistic polynomial in log masses).
 
@@ -283,31 +324,8 @@ class EfficiencyModel:
         used; otherwise the logit of ``eff`` with propagated errors (``eff`` clipped away from
         0 and 1 by half an error).
         """
-        pts = np.asarray(points, dtype=np.float64)
-        pts = pts.reshape(len(pts), -1)
-        eff = np.asarray(eff, dtype=np.float64).reshape(-1)
-        err = np.asarray(err, dtype=np.float64).reshape(-1)
-        k_pts = len(pts)
-        if k_pts == 0:
-            raise EfficiencyError("efficiency model: no points to fit")
-        if eff.shape != (k_pts,) or err.shape != (k_pts,):
-            raise EfficiencyError(f"efficiency model: {k_pts} points but {eff.size} efficiencies and {err.size} errors")
-        if np.any(~np.isfinite(eff)) or np.any((eff < 0) | (eff > 1)):
-            raise EfficiencyError("efficiency model: efficiencies must be finite and within [0, 1]")
-        if np.any(~(err > 0)):
-            raise EfficiencyError("efficiency model: every error must be > 0")
-        if n_read is not None and n_selected is not None:
-            n = np.asarray(n_read, dtype=np.float64).reshape(-1)
-            k = np.asarray(n_selected, dtype=np.float64).reshape(-1)
-            y = np.log((k + 0.5) / (n - k + 0.5))
-            var = 1.0 / (k + 0.5) + 1.0 / (n - k + 0.5)
-        else:
-            p = np.clip(eff, err / 2, 1 - err / 2)
-            p = np.clip(p, 1e-9, 1 - 1e-9)
-            y = _logit(p)
-            var = (err / (p * (1 - p))) ** 2
-
-        n_labels = pts.shape[1]
+        pts, y, var = _logit_inputs(points, eff, err, n_read, n_selected)
+        k_pts, n_labels = pts.shape
         if self.label_names is not None and len(self.label_names) != n_labels:
             raise EfficiencyError(f"efficiency model: {n_labels} label columns for names {self.label_names}")
         logs = np.log(pts) if np.all(pts > 0) else None
@@ -321,41 +339,32 @@ class EfficiencyModel:
         distinct = [len(np.unique(np.round(logs[:, i], 12))) for i in range(n_labels)]
 
         def terms_for(degree: int) -> tuple[int, list[tuple[int, ...]]]:
-            while True:
-                terms = [
-                    t
-                    for t in _monomials(n_labels, degree)
-                    if all(t[i] == 0 for i in range(n_labels) if i not in varying)
-                    # and no power beyond (number of distinct values - 1) of a variable
-                    and all(t[i] <= distinct[i] - 1 for i in range(n_labels))
-                ]
-                if len(terms) < k_pts or degree == 0:  # keep >= 1 degree of freedom
-                    return degree, terms
-                degree -= 1
+            return _terms_for(degree, n_labels, varying, distinct, k_pts)
 
         self.lo, self.hi = pts.min(axis=0), pts.max(axis=0)
         w = 1.0 / var
-        if self.degree == "auto":
-            # smallest Akaike criterion chi2 + 2 * (number of parameters) over degrees 0..max
-            best = None
-            for d in range(self.max_degree + 1):
-                used, terms = terms_for(d)
-                if used != d:
-                    break
-                self.terms = terms
-                chi2 = self._wls(pts, y, w)[2]
-                aic = chi2 + 2 * len(terms)
-                if best is None or aic < best[0] - 1e-9:
-                    best = (aic, d)
-            assert best is not None
-            self.used_degree, self.terms = terms_for(best[1])
-        else:
-            self.used_degree, self.terms = terms_for(int(self.degree))
+        degree = self._auto_degree(pts, y, w, terms_for) if self.degree == "auto" else int(self.degree)
+        self.used_degree, self.terms = terms_for(degree)
         self.coef, self.cov, self.chi2 = self._wls(pts, y, w)
         self.ndf = int(k_pts - len(self.terms))
         if self.label_names is None:
             self.label_names = [f"label{i}" for i in range(n_labels)]
         return self
+
+    def _auto_degree(self, pts: np.ndarray, y: np.ndarray, w: np.ndarray, terms_for: Any) -> int:
+        """Degree with the smallest Akaike criterion chi2 + 2 * (number of parameters), 0..max_degree."""
+        best = None
+        for d in range(self.max_degree + 1):
+            used, terms = terms_for(d)
+            if used != d:
+                break
+            self.terms = terms
+            chi2 = self._wls(pts, y, w)[2]
+            aic = chi2 + 2 * len(terms)
+            if best is None or aic < best[0] - 1e-9:
+                best = (aic, d)
+        assert best is not None
+        return best[1]
 
     def _wls(self, pts: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Weighted least squares of ``y`` on the current terms: (coef, covariance, chi2)."""

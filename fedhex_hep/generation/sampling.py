@@ -81,9 +81,16 @@ def rows_per_draw(n_events: int, batch_size: int, cut: bool) -> int:
     return max(1, min(int(batch_size), wanted))
 
 
-def points_per_draw(n_events: int, batch_size: int, cut: bool) -> int:
-    """Mass points sampled together in one sampler call (one fixed batch shape: one compilation)."""
-    return max(1, int(batch_size) // rows_per_draw(n_events, batch_size, cut))
+def points_per_draw(n_events: int, batch_size: int, cut: bool, n_points: int | None = None) -> int:
+    """Mass points sampled together in one sampler call (one fixed batch shape: one compilation).
+
+    With ``n_points``, the groups are balanced (100 points at 11 per call: 10 calls of 10), so
+    the padding of a last, smaller group costs nothing.
+    """
+    group = max(1, int(batch_size) // rows_per_draw(n_events, batch_size, cut))
+    if n_points:
+        group = math.ceil(n_points / math.ceil(n_points / group))
+    return group
 
 
 def _check_request(model: TrainedModel, points: np.ndarray, n_events: int, batch_size: int, max_tries: int) -> np.ndarray:
@@ -184,7 +191,7 @@ def sample_features(
     ``(seed, g * 2**20 + t)``.
     """
     m = rows_per_draw(n_events, batch_size, bool(cuts))
-    group = int(pad_to) if pad_to else min(points_per_draw(n_events, batch_size, bool(cuts)), max(len(points), 1))
+    group = int(pad_to) if pad_to else points_per_draw(n_events, batch_size, bool(cuts), max(len(points), 1))
     out = np.empty((len(points), n_events, len(model.feature_names)), dtype=np.float64)
     accepted = np.zeros(len(points), dtype=np.int64)
     drawn = np.zeros(len(points), dtype=np.int64)

@@ -391,22 +391,13 @@ def run_scan(
     ``output.overflow`` and ``generation.ranges``/``xsec``/``lumi`` fill the arguments left None
     (default: the model's own configuration). Refuses an existing ``output`` unless ``overwrite``. Returns the path written.
     """
-    from fedhex_hep.io.atomic import check_writable
-
-    output = check_writable(Path(output), overwrite=overwrite)
-    try:
-        check_executor(executor, int(workers))
-    except ExecutorError as exc:
-        raise ScanError(str(exc)) from None
+    output = _check_output(output, overwrite, executor, int(workers))
     model_dir = Path(model_dir).resolve()
     config = config or _model_config(model_dir)
     points = _as_points(points, config.label_names)
     eff = scan_efficiency(efficiency, model_dir, points, config.feature_names, config.label_names)
-    if yield_normalised and xsec is None and lumi is None:
-        xsec, lumi = config.generation.xsec, config.generation.lumi
-    norm = _Normalisation.check(yield_normalised, eff, xsec, lumi, points, model_dir)
-    if ranges is None:
-        ranges = {k: tuple(v) for k, v in config.generation.ranges.items()}
+    norm = _Normalisation.check(yield_normalised, eff, xsec, lumi, points, model_dir, config)
+    ranges = {k: tuple(v) for k, v in config.generation.ranges.items()} if ranges is None else ranges
     bins_spec = resolve_bins(model_dir, points, bins, seed, ranges, config)
     proc = _processor(model_dir, points, n_events, bins_spec, seed, ranges, overflow or config.output.overflow, variations, batch_size)
     chunk_points = _chunk_points(chunk_points, executor, int(workers), len(points), proc.group_size)
@@ -415,6 +406,17 @@ def run_scan(
     meta = _scan_meta(config, model_dir, proc, collected, eff, norm, {"kind": executor, "workers": int(workers), "chunk_points": chunk_points})
     _write_scan_file(output, proc, collected, eff, meta, overwrite)
     log.info("wrote %d templates at %d mass points to %s", len(collected["hists"]), len(points), output)
+    return output
+
+
+def _check_output(output: str | Path, overwrite: bool, executor: str, workers: int) -> Path:
+    from fedhex_hep.io.atomic import check_writable
+
+    output = check_writable(Path(output), overwrite=overwrite)
+    try:
+        check_executor(executor, workers)
+    except ExecutorError as exc:
+        raise ScanError(str(exc)) from None
     return output
 
 
@@ -448,7 +450,12 @@ class _Normalisation:
         self.lumi = lumi
 
     @classmethod
-    def check(cls, yield_normalised: bool, eff: Any, xsec: float | None, lumi: float | None, points: np.ndarray, model_dir: Path) -> "_Normalisation":
+    def check(
+        cls, yield_normalised: bool, eff: Any, xsec: float | None, lumi: float | None, points: np.ndarray, model_dir: Path, config: Any
+    ) -> "_Normalisation":
+        """Validated normalisation; xsec and lumi default to ``generation.xsec``/``lumi`` of ``config``."""
+        if yield_normalised and xsec is None and lumi is None:
+            xsec, lumi = config.generation.xsec, config.generation.lumi
         xsec, lumi = float(xsec or 0.0), float(lumi or 0.0)
         if xsec < 0 or lumi < 0 or (xsec > 0) != (lumi > 0):
             raise ScanError(f"xsec and lumi must both be > 0 (or both unset), got xsec={xsec:g}, lumi={lumi:g}")

@@ -200,8 +200,6 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
     or ``efficiency``/``cutflow`` in ``<model_path>/training.json`` are used. Returns ``{"model": dict | None, "table":
     dict | None, "points": {label_names, points, eff, err, interpolated, in_range}}``.
     """
-    from fedhex_hep.generation.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
-
     source = efficiency
     where = "efficiency argument"
     if source is None:
@@ -214,12 +212,32 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
     if source is None:
         return None
     label_names = featureset.label_names
+    model, table = _efficiency_objects(source, where, label_names)
+    points = featureset.label_points()
+    eff, err, interpolated, in_range = _efficiency_at(model, table, points)
+    return {
+        "model": model.to_dict() if model is not None else None,
+        "table": table.to_dict() if table is not None else None,
+        "points": {
+            "label_names": list(label_names),
+            "points": points.tolist(),
+            "eff": [float(x) for x in eff],
+            "err": [float(x) for x in err],
+            "interpolated": interpolated.tolist(),
+            "in_range": in_range.tolist(),
+        },
+    }
+
+
+def _efficiency_objects(source: Any, where: str, label_names: Sequence[str]) -> tuple[Any, Any]:
+    """(EfficiencyModel | None, EfficiencyTable | None) from any accepted efficiency source."""
+    from fedhex_hep.generation.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
+
     model: EfficiencyModel | None = None
     table: EfficiencyTable | None = None
     try:
         if isinstance(source, EfficiencyModel):
-            model = source
-            table = source.table
+            model, table = source, source.table
         elif isinstance(source, EfficiencyTable):
             table = source
         elif isinstance(source, Mapping) and "coef" in source:
@@ -239,8 +257,13 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
             log.warning("no efficiency interpolation model (%s); storing measured efficiencies only", exc)
     if table is not None and list(table.label_names) != list(label_names):
         raise ExportError(f"{where}: efficiency labels {table.label_names} differ from the FeatureSet's {label_names}")
+    return model, table
 
-    points = featureset.label_points()
+
+def _efficiency_at(model: Any, table: Any, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """eff, err, interpolated (0: measured), in_range at ``points``: measured where the table has the point."""
+    from fedhex_hep.generation.efficiency import EfficiencyError
+
     eff, err = np.full(len(points), np.nan), np.full(len(points), np.nan)
     if model is not None:
         try:
@@ -257,18 +280,7 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
     in_range = 1 - interpolated
     if model is not None and model.lo is not None and len(model.lo) == points.shape[1]:
         in_range = model.in_range(points).astype(np.int32)
-    return {
-        "model": model.to_dict() if model is not None else None,
-        "table": table.to_dict() if table is not None else None,
-        "points": {
-            "label_names": list(label_names),
-            "points": points.tolist(),
-            "eff": [float(x) for x in eff],
-            "err": [float(x) for x in err],
-            "interpolated": interpolated.tolist(),
-            "in_range": in_range.tolist(),
-        },
-    }
+    return eff, err, interpolated, in_range
 
 
 def _efficiency_from_model_dir(model_dir: Path) -> tuple[Any, str]:
