@@ -120,6 +120,8 @@ class GenerationConfig:
     labels: list[list[float]] = field(default_factory=list)
     max_tries: int = 100
     ranges: dict[str, list[float]] = field(default_factory=dict)
+    xsec: float = 0.0
+    lumi: float = 0.0
 
 
 @dataclass
@@ -127,6 +129,8 @@ class OutputConfig:
     directory: str = "output"
     bins: int = 40
     plot_formats: list[str] = field(default_factory=lambda: ["png"])
+    overflow: str = "drop"
+    binning: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,6 +184,7 @@ _FREE_TABLES = {
     ("preprocessing", "labels"),
     ("generation", "ranges"),
     ("training", "label_jitter"),
+    ("output", "binning"),
 }
 
 _CHOICES = {
@@ -190,6 +195,7 @@ _CHOICES = {
     "generation.method": ("flow", "morph"),
     "transform": ("none", "log", "logit"),
     "output.plot_formats": ("png", "pdf", "svg"),
+    "output.overflow": ("drop", "fold"),
 }
 
 _POSITIVE = {
@@ -212,7 +218,7 @@ _POSITIVE = {
     "generation.max_tries",
     "output.bins",
 }
-_NON_NEGATIVE = {"input.min_events_per_label", "training.patience", "training.clip_norm", "model.spline_blocks"}
+_NON_NEGATIVE = {"generation.xsec", "generation.lumi", "input.min_events_per_label", "training.patience", "training.clip_norm", "model.spline_blocks"}
 
 
 def default_config_text() -> str:
@@ -396,7 +402,7 @@ def _check_consistency(config: Config) -> None:
         value = _get(config, key)
         if value < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
-    for key in ("input.schema", "input.nonfinite", "model.kind", "model.activation", "generation.method"):
+    for key in ("input.schema", "input.nonfinite", "model.kind", "model.activation", "generation.method", "output.overflow"):
         _check_choice(key, _get(config, key), _CHOICES[key])
     for fmt in config.output.plot_formats:
         _check_choice("output.plot_formats", fmt, _CHOICES["output.plot_formats"])

@@ -53,6 +53,7 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
+from fedhex_hep.naming import point_category as point_key
 from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "file_id", "resolve_branch", "group_rows", "Source"]

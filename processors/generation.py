@@ -20,19 +20,25 @@ filesystem), exactly like they must see the input ROOT files.
 * The model is loaded lazily on the worker from its path and cached per process
   (:func:`load_model_cached`); only the path travels in the task graph, never the weights.
   TensorFlow is imported there, never at import time of this module.
-* Each mass point ``i`` is generated with its own seed derived from ``(seed, i)``
-  (:func:`point_seed`), so the histograms do not depend on how points are chunked or which
-  worker runs them: the same seed gives identical histograms on any executor.
-* Events are sampled inside the histogram range (the flow density truncated to the binning, by
-  rejection in :func:`fedhex_hep.generation.sampling.generate`), so every histogram holds exactly
-  ``n_events`` entries and no over/underflow: its integral is the requested event count.
+* Mass points are generated in fixed groups (:attr:`FlowTemplateProcessor.group_size` points
+  share one sampler call of one shape, compiled once per process); group ``g`` uses a seed
+  derived from ``(seed, g)`` (:func:`point_seed`), and a chunk holding part of a group
+  generates the whole group, so the histograms do not depend on how points are chunked or
+  which worker runs them: the same seed gives identical histograms on any executor.
+* ``overflow="drop"`` (default): events are sampled inside the histogram range (the flow
+  density truncated to the binning, by rejection in :func:`fedhex_hep.generation.sampling.generate`),
+  so every histogram holds exactly ``n_events`` entries and no over/underflow.
+  ``overflow="fold"``: events outside the binning stay in the flow bins (``run_scan`` folds them).
+* ``variations=True``: each ensemble member generates the group too; the templates
+  ``<name>_<syst>Up/Down`` are the nominal +- the members' spread per bin.
 
 Output of ``process`` (and of the Runner)::
 
     {"templates": {"h_<feature>__<label1>_<v1>__<label2>_<v2>": hist.Hist, ...},
      "n_generated": {"<label1>_<v1>__<label2>_<v2>": int, ...},
-     "acceptance": {"<label1>_<v1>__<label2>_<v2>": float, ...},   # fraction of the flow's
-                                                                 # events inside the binning
+     "acceptance": {"<label1>_<v1>__<label2>_<v2>": float, ...},   # accepted / drawn: the
+                                                     # fraction of the flow's events inside
+                                                     # the ranges (and, with drop, the binning)
      "events": {"<label1>_<v1>__<label2>_<v2>": ak.Array, ...}}   # only with return_events=True
 
 Values are written like folder names of the samples: ``1870``, ``9p025`` (``p`` = decimal
@@ -90,6 +96,8 @@ from typing import Any
 import numpy as np
 from coffea import processor
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.generation.uncertainty import interpolation_band
+from fedhex_hep.naming import format_value, variation_name, point_tag as point_key, hist_name as template_name
 
 __all__ = [
     "CombinedProcessor",
@@ -98,7 +106,9 @@ __all__ = [
     "POINTS_TREE",
     "TEMPLATE_DATASET",
     "format_value",
+    "interpolation_band",
     "load_model_cached",
+    "member_seed",
     "point_key",
     "point_seed",
     "template_name",
@@ -119,31 +129,8 @@ class GenerationProcessorError(FedhexError, ValueError):
 # naming
 
 
-def format_value(value: float) -> str:
-    """A label value as it appears in names: 1870.0 -> ``1870``, 9.025 -> ``9p025``, -1.5 -> ``m1p5``."""
-    text = np.format_float_positional(float(value), trim="-")
-    return text.replace("-", "m").replace(".", "p")
-
-
-def point_key(label_names: Sequence[str], point: Sequence[float]) -> str:
-    """``<label1>_<v1>__<label2>_<v2>``, e.g. ``labelphi_1870__labelomega_9p025``."""
-    if len(label_names) != len(point):
-        raise GenerationProcessorError(
-            f"mass point {list(point)} has {len(point)} values but the model has labels {list(label_names)}"
-        )
-    return "__".join(f"{name}_{format_value(v)}" for name, v in zip(label_names, point))
-
-
-def template_name(feature: str, label_names: Sequence[str], point: Sequence[float]) -> str:
-    """Histogram name ``h_<feature>__<label1>_<v1>__<label2>_<v2>``.
-
-    Example: ``h_phi__labelphi_1870__labelomega_9p025``.
-    """
-    return f"h_{feature}__{point_key(label_names, point)}"
-
-
 def point_seed(seed: int, index: int) -> int:
-    """Seed of mass point ``index``: a function of (seed, index) only, never of the chunking."""
+    """Seed of point group ``index``: a function of (seed, index) only, never of the chunking."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
@@ -214,30 +201,57 @@ def _read_model_names(model_path: Path) -> tuple[list[str], list[str]]:
 
 
 def _as_axis(feature: str, spec: Any) -> Any:
-    """A hist axis from ``(n, lo, hi)`` (a tuple) or bin edges (a list / array), GeV."""
+    """A hist axis from ``(n, lo, hi)`` (Regular) or bin edges (Variable, kept exactly), GeV."""
     import hist
 
+    from fedhex_hep.binning import BinningError, edges_from_spec
+
+    try:
+        edges = edges_from_spec(spec, feature)
+    except BinningError as exc:
+        raise GenerationProcessorError(f"bins[{feature!r}] = {spec!r}: {exc}") from None
     label = f"{feature} [GeV]"
     if isinstance(spec, tuple):
-        if len(spec) != 3 or not float(spec[0]).is_integer():
-            raise GenerationProcessorError(f"bins[{feature!r}] = {spec}: a tuple must be (n, lo, hi)")
-        n, lo, hi = int(spec[0]), float(spec[1]), float(spec[2])
-        if n < 1 or not hi > lo or not np.isfinite([lo, hi]).all():
-            raise GenerationProcessorError(f"bins[{feature!r}] = {spec}: need n >= 1 and finite hi > lo")
-        return hist.axis.Regular(n, lo, hi, name=feature, label=label)
-    try:
-        edges = np.asarray(spec, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise GenerationProcessorError(f"bins[{feature!r}]: give bin edges or a tuple (n, lo, hi)") from None
-    if edges.ndim != 1 or len(edges) < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
-        raise GenerationProcessorError(
-            f"bins[{feature!r}]: edges must be >= 2 finite, strictly increasing numbers (or a tuple (n, lo, hi))"
-        )
+        return hist.axis.Regular(len(edges) - 1, float(edges[0]), float(edges[-1]), name=feature, label=label)
     return hist.axis.Variable(edges, name=feature, label=label)
 
 
 # ---------------------------------------------------------------------------------------------
 # the processor
+
+
+def _check_points(points: Any, label_names: Sequence[str]) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim == 1 and len(label_names) == 1:
+        pts = pts[:, None]
+    if pts.ndim != 2 or pts.shape[1] != len(label_names) or len(pts) == 0:
+        raise GenerationProcessorError(
+            f"points must have shape (k, {len(label_names)}) for labels {label_names}, got {pts.shape}"
+        )
+    if not np.all(np.isfinite(pts)):
+        raise GenerationProcessorError("points contain NaN or inf")
+    keys = [point_key(label_names, p) for p in pts]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise GenerationProcessorError(f"mass point {dup} is listed twice")
+    return pts
+
+
+def _check_user_ranges(ranges: Mapping[str, Sequence[float]] | None, feature_names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for name, bounds in (ranges or {}).items():
+        if name not in feature_names:
+            raise GenerationProcessorError(f"range for {name!r}: no such feature (model features: {list(feature_names)})")
+        lo, hi = (float(b) for b in bounds)
+        if not hi > lo:
+            raise GenerationProcessorError(f"range for {name!r} must be [min, max] with min < max, got {list(bounds)}")
+        out[name] = (lo, hi)
+    return out
+
+
+def member_seed(seed: int, group: int, member: int) -> int:
+    """Seed of ensemble member ``member`` at point group ``group`` (independent of the nominal's)."""
+    return int(np.random.SeedSequence([int(seed), int(group), int(member) + 1]).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
 class FlowTemplateProcessor(processor.ProcessorABC):
@@ -247,14 +261,20 @@ class FlowTemplateProcessor(processor.ProcessorABC):
     ----------
     model_path : trained model directory (``config.toml``, weights, ...); loaded on the workers.
     points : mass points, shape (k, n_labels), GeV, in the model's label order; distinct.
-    n_events : events generated per mass point (all inside the binning).
+    n_events : events generated per mass point.
     bins : ``{feature: edges}`` or ``{feature: (n, lo, hi)}`` (GeV); features not listed get no
-        histogram. Events are generated inside these ranges (truncated density).
-    seed : base seed; point ``i`` uses :func:`point_seed(seed, i) <point_seed>`.
+        histogram.
+    seed : base seed; point group ``g`` uses :func:`point_seed(seed, g) <point_seed>`.
     return_events : also return the generated events per point (awkward record arrays).
-    chunk_points : mass points per coffea chunk (used by :meth:`fileset` / ``run_scan``).
+    chunk_points : mass points per coffea chunk (used by :meth:`fileset` / ``run_scan``); a chunk
+        that holds part of a point group generates the whole group (whole groups are cheaper).
     dataset : dataset name of the points files in the fileset.
     batch_size, max_tries : passed to :func:`fedhex_hep.generation.sampling.generate`.
+    ranges : per-feature acceptance ``{feature: (min, max)}`` (GeV); events outside are resampled.
+    overflow : ``drop`` -- events are generated inside the binning (the fraction outside is
+        ``1 - acceptance``); ``fold`` -- events outside the binning stay in the flow bins of the
+        returned histograms (``run_scan`` folds them into the edge bins).
+    variations : also return ``<template>_<syst>Up/Down`` from the ensemble members' spread.
     """
 
     def __init__(
@@ -267,63 +287,84 @@ class FlowTemplateProcessor(processor.ProcessorABC):
         return_events: bool = False,
         chunk_points: int = 4,
         dataset: str = TEMPLATE_DATASET,
-        batch_size: int = 100000,
+        batch_size: int = 2**18,
         max_tries: int = 100,
+        ranges: Mapping[str, Sequence[float]] | None = None,
+        overflow: str = "drop",
+        variations: bool = False,
+        syst: str = "interp",
     ) -> None:
+        from fedhex_hep.binning import BinningError, check_overflow
+
         self.model_path = str(Path(model_path).resolve())
-        feature_names, label_names = _read_model_names(Path(self.model_path))
-        self.feature_names = feature_names
-        self.label_names = label_names
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.ndim == 1 and len(label_names) == 1:
-            pts = pts[:, None]
-        if pts.ndim != 2 or pts.shape[1] != len(label_names) or len(pts) == 0:
-            raise GenerationProcessorError(
-                f"points must have shape (k, {len(label_names)}) for labels {label_names}, got {pts.shape}"
-            )
-        if not np.all(np.isfinite(pts)):
-            raise GenerationProcessorError("points contain NaN or inf")
-        keys = [point_key(label_names, p) for p in pts]
-        if len(set(keys)) != len(keys):
-            dup = next(k for k in keys if keys.count(k) > 1)
-            raise GenerationProcessorError(f"mass point {dup} is listed twice")
-        self.points = pts
+        self.feature_names, self.label_names = _read_model_names(Path(self.model_path))
+        self.points = _check_points(points, self.label_names)
         if int(n_events) < 1:
             raise GenerationProcessorError(f"n_events must be >= 1, got {n_events}")
         self.n_events = int(n_events)
-        if not bins:
-            raise GenerationProcessorError("bins: give edges or (n, lo, hi) for at least one feature")
-        unknown = [f for f in bins if f not in feature_names]
-        if unknown:
-            raise GenerationProcessorError(f"bins: unknown feature {unknown[0]!r} (model features: {feature_names})")
-        self._axes = {f: _as_axis(f, spec) for f, spec in bins.items()}  # validates
-        self.bins = {
-            f: (tuple(float(x) for x in v) if isinstance(v, tuple) else [float(x) for x in np.ravel(v)])
-            for f, v in bins.items()
-        }
+        self._set_bins(bins)
+        self.user_ranges = _check_user_ranges(ranges, self.feature_names)
+        try:
+            self.overflow = check_overflow(overflow)
+        except BinningError as exc:
+            raise GenerationProcessorError(str(exc)) from None
         self.seed = int(seed)
         self.return_events = bool(return_events)
         if int(chunk_points) < 1:
             raise GenerationProcessorError(f"chunk_points must be >= 1, got {chunk_points}")
-        self.chunk_points = int(chunk_points)
         self.dataset = str(dataset)
         self.batch_size = int(batch_size)
         self.max_tries = int(max_tries)
+        self.variations = bool(variations)
+        self.syst = str(syst)
+        self.chunk_points = int(chunk_points)
+
+    def _set_bins(self, bins: Mapping[str, Any]) -> None:
+        if not bins:
+            raise GenerationProcessorError("bins: give edges or (n, lo, hi) for at least one feature")
+        unknown = [f for f in bins if f not in self.feature_names]
+        if unknown:
+            raise GenerationProcessorError(f"bins: unknown feature {unknown[0]!r} (model features: {self.feature_names})")
+        self._axes = {f: _as_axis(f, spec) for f, spec in bins.items()}  # validates
+        self.bins = {f: np.asarray(self._axes[f].edges, dtype=np.float64).tolist() for f in bins}
 
     # -- helpers ------------------------------------------------------------------------------
 
     @property
     def ranges(self) -> dict[str, tuple[float, float]]:
-        """Per-feature acceptance of the generation: the binning's [lo, hi) (GeV).
+        """Per-feature acceptance of the generation (GeV): the user's ranges, and with ``drop`` the binning's [lo, hi).
 
-        ``generate`` keeps ``lo <= x <= hi``; the upper bound is moved one float down so that
-        no event can land exactly on the last edge (the overflow bin of a histogram).
+        ``generate`` keeps ``lo <= x <= hi``; the upper bound of a binning is moved one float down
+        so that no event can land exactly on the last edge (the overflow bin of a histogram).
         """
-        return {f: (float(ax.edges[0]), float(np.nextafter(ax.edges[-1], -np.inf))) for f, ax in self._axes.items()}
+        out = dict(self.user_ranges)
+        if self.overflow == "drop":
+            for f, ax in self._axes.items():
+                lo, hi = float(ax.edges[0]), float(np.nextafter(ax.edges[-1], -np.inf))
+                if f in out:
+                    lo, hi = max(lo, out[f][0]), min(hi, out[f][1])
+                    if not hi > lo:
+                        raise GenerationProcessorError(f"range for {f!r} {list(self.user_ranges[f])} lies outside its binning")
+                out[f] = (lo, hi)
+        return out
+
+    @property
+    def group_size(self) -> int:
+        """Mass points generated together in one sampler call (see ``sampling.points_per_draw``)."""
+        from fedhex_hep.generation.sampling import points_per_draw
+
+        return points_per_draw(self.n_events, self.batch_size, bool(self.ranges), len(self.points))
 
     def template_names(self) -> list[str]:
         """All histogram names this processor produces, point-major, features in bins order."""
-        return [template_name(f, self.label_names, p) for p in self.points for f in self.bins]
+        names = []
+        for p in self.points:
+            for f in self.bins:
+                nominal = template_name(f, self.label_names, p)
+                names.append(nominal)
+                if self.variations:
+                    names += [variation_name(nominal, self.syst, d) for d in ("Up", "Down")]
+        return names
 
     def empty_histogram(self, feature: str) -> Any:
         import hist
@@ -338,9 +379,8 @@ class FlowTemplateProcessor(processor.ProcessorABC):
     def fileset(self, folder: str | os.PathLike, chunk_points: int | None = None, overwrite: bool = True) -> dict:
         """Write the points file(s) into ``folder``; return the coffea fileset entry for them.
 
-        With ``chunk_points`` (default: the processor's), one file per group of points is
-        written, so a Runner whose ``chunksize`` is tuned for MC still splits the scan into
-        groups of ``chunk_points`` mass points.
+        One file per group of ``chunk_points`` points (default: the processor's), so a Runner whose ``chunksize`` is tuned for MC still splits the scan
+        into groups of ``chunk_points`` mass points.
         """
         folder = Path(folder)
         per = self.chunk_points if chunk_points is None else int(chunk_points)
@@ -352,32 +392,82 @@ class FlowTemplateProcessor(processor.ProcessorABC):
             files[str(path.resolve())] = POINTS_TREE
         return {self.dataset: {"files": files, "metadata": {"model_path": self.model_path}}}
 
-    # -- coffea interface -----------------------------------------------------------------------
+    # -- generation -----------------------------------------------------------------------------
 
-    def generate_point(self, index: int) -> tuple[dict[str, Any], Any]:
-        """Generate mass point ``index`` (of ``points``); return ({name: hist}, FeatureSet)."""
+    def _sample_group(self, group: int, flow: Any = None, seed: int | None = None) -> Any:
+        """A FeatureSet of every point of ``group`` (the same events however the points are chunked)."""
         from fedhex_hep.generation.sampling import generate
 
-        point = self.points[index]
+        size = self.group_size
         model = load_model_cached(self.model_path)
-        generated = generate(
+        return generate(
             model,
-            point[None, :],
+            self.points[group * size : (group + 1) * size],
             self.n_events,
-            seed=point_seed(self.seed, index),
+            seed=point_seed(self.seed, group) if seed is None else seed,
             batch_size=self.batch_size,
             ranges=self.ranges,
             max_tries=self.max_tries,
+            flow=flow,
+            pad_to=size,
         )
-        hists = {}
+
+    def _fill(self, generated: Any, j: int) -> dict[str, Any]:
+        """Histograms {feature: hist} of point ``j`` of a group's FeatureSet."""
+        rows = slice(j * self.n_events, (j + 1) * self.n_events)
+        out = {}
         for feature in self.bins:
             h = self.empty_histogram(feature)
-            h.fill(generated.column(feature))
-            hists[template_name(feature, self.label_names, point)] = h
-        return hists, generated
+            h.fill(generated.column(feature)[rows])
+            out[feature] = h
+        return out
+
+    def generate_group(self, group: int) -> dict[int, dict[str, Any]]:
+        """Generate point group ``group``: ``{point index: {"hists", "events", "acceptance"}}``."""
+        generated = self._sample_group(group)
+        members = self._member_hists(group) if self.variations else None
+        out = {}
+        first = group * self.group_size
+        info = generated.metadata["generation"]
+        for j in range(len(info["points"])):
+            index = first + j
+            point = self.points[index]
+            hists = {}
+            for feature, h in self._fill(generated, j).items():
+                name = template_name(feature, self.label_names, point)
+                hists[name] = h
+                if members is not None:
+                    up, down = interpolation_band(h, [m[j][feature] for m in members])
+                    hists[variation_name(name, self.syst, "Up")] = up
+                    hists[variation_name(name, self.syst, "Down")] = down
+            rows = slice(j * self.n_events, (j + 1) * self.n_events)
+            events = generated.events[rows] if self.return_events else None
+            out[index] = {"hists": hists, "events": events, "acceptance": float(info["acceptance"][j])}
+        return out
+
+    def _member_hists(self, group: int) -> list[list[dict[str, Any]]]:
+        """Per ensemble member, per point of the group: {feature: hist}."""
+        model = load_model_cached(self.model_path)
+        flows = list(getattr(model.flow, "members", []))
+        if len(flows) < 2:
+            raise GenerationProcessorError(
+                f"interpolation variations need an ensemble of >= 2 flows; {self.model_path} has model.ensemble = {len(flows) or 1}"
+            )
+        out = []
+        for k, flow in enumerate(flows):
+            generated = self._sample_group(group, flow=flow, seed=member_seed(self.seed, group, k))
+            out.append([self._fill(generated, j) for j in range(len(generated.metadata["generation"]["points"]))])
+        return out
+
+    def generate_point(self, index: int) -> tuple[dict[str, Any], Any]:
+        """Generate mass point ``index`` (of ``points``); return ({name: hist}, its events or None)."""
+        result = self.generate_group(int(index) // self.group_size)[int(index)]
+        return result["hists"], result["events"]
+
+    # -- coffea interface -----------------------------------------------------------------------
 
     def process(self, events: Any) -> dict[str, dict[str, Any]]:
-        """Generate the mass points of this chunk (``events.point_index``)."""
+        """Generate the mass points of this chunk (``events.point_index``), whole point groups at a time."""
         import awkward as ak
 
         out: dict[str, dict[str, Any]] = {"templates": {}, "n_generated": {}, "acceptance": {}}
@@ -390,15 +480,17 @@ class FlowTemplateProcessor(processor.ProcessorABC):
                 f"{meta.get('filename', 'points file')}: point_index outside 0..{len(self.points) - 1} "
                 "(points file written for another point list?)"
             )
-        for index in indices:
-            hists, generated = self.generate_point(int(index))
-            out["templates"].update(hists)
-            key = point_key(self.label_names, self.points[index])
-            out["n_generated"][key] = int(len(generated))
-            accepted = generated.metadata.get("generation", {}).get("acceptance") or [1.0]
-            out["acceptance"][key] = float(accepted[0])
-            if self.return_events:
-                out["events"][key] = generated.events
+        wanted = set(indices.tolist())
+        for group in sorted({i // self.group_size for i in wanted}):
+            for index, result in self.generate_group(group).items():
+                if index not in wanted:
+                    continue
+                key = point_key(self.label_names, self.points[index])
+                out["templates"].update(result["hists"])
+                out["n_generated"][key] = self.n_events
+                out["acceptance"][key] = result["acceptance"]
+                if self.return_events:
+                    out["events"][key] = result["events"]
         return out
 
     def postprocess(self, accumulator: Any) -> Any:

@@ -199,37 +199,87 @@ def train_cmd(
     typer.echo(f"model written to {model.path}")
 
 
+BinsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--bins",
+        help="Template binning: feature=n:lo:hi (e.g. phi=60:500:3500), feature=e0,e1,... (edges, GeV), "
+        "feature=FILE (edges file), or one bin count for every feature (repeatable).",
+    ),
+]
+OverflowOpt = Annotated[
+    Optional[str],
+    typer.Option("--overflow", help="Events outside the binning: drop (fraction reported in meta/overflow) or fold into the edge bins (default: output.overflow)."),
+]
+
+
+def _parse_ranges(ranges: list[str] | None) -> dict[str, tuple[float, float]] | None:
+    parsed = {}
+    for text in ranges or []:
+        name, _, bounds = text.partition("=")
+        values = _parse_floats(bounds, f"--range {name}")
+        if len(values) != 2 or values[0] >= values[1]:
+            raise CLIError(f"--range {text!r}: expected name=min,max with min < max")
+        parsed[name] = (values[0], values[1])
+    return parsed or None
+
+
+def _generate_config(model: Path, method: str, config: Path | None, overrides: list[str] | None, extra: dict):
+    """The model's configuration (or --config) with --set overrides; morph: the default one."""
+    if method == "flow" and config is None and (model / "config.toml").is_file():
+        config = model / "config.toml"
+    return _load(config, overrides, extra)
+
+
+LabelsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--label", "-l", help="Mass point, comma-separated in label order, e.g. 2464,5.125 (repeatable)."),
+]
+RangesOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--range", help="Acceptance for a feature: name=min,max (repeatable); resampled until filled."),
+]
+ScanOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--scan",
+        help="Mass scan: one ROOT file of template histograms per point, e.g. '1000:3000:250,1:9:1' "
+        "(start:stop:step or v1/v2/... per label; ';' joins grids).",
+    ),
+]
+YieldOpt = Annotated[
+    bool,
+    typer.Option("--yield-normalised", help="Scale each template to eff x acceptance x xsec x lumi events (n_events x eff without --xsec/--lumi) (--scan)."),
+]
+XsecOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Signal cross section in pb (--yield-normalised; default generation.xsec).")]
+LumiOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Integrated luminosity in 1/pb (--yield-normalised; default generation.lumi).")]
+VariationsOpt = Annotated[
+    bool, typer.Option("--variations", help="Write <template>_interpUp/Down from the ensemble members' spread (--scan).")
+]
+
+
 @app.command("generate")
 def generate_cmd(
     model: Annotated[Path, typer.Argument(help="Model directory (flow) or MC FeatureSet parquet (--method morph).")],
-    labels: Annotated[
-        Optional[list[str]],
-        typer.Option("--label", "-l", help="Mass point, comma-separated in label order, e.g. 2464,5.125 (repeatable)."),
-    ] = None,
+    labels: LabelsOpt = None,
     n_events: Annotated[Optional[int], typer.Option("-n", "--events", min=1, help="Events per mass point.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default: generation.seed).")] = None,
     method: Annotated[str, typer.Option(help="flow (the trained model) or morph (moment morphing of MC).")] = "flow",
-    ranges: Annotated[
-        Optional[list[str]],
-        typer.Option("--range", help="Acceptance for a feature: name=min,max (repeatable); resampled until filled."),
-    ] = None,
+    ranges: RangesOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Events sampled per batch (bounds memory).")] = None,
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Generated FeatureSet parquet (default output/generated.parquet; output/scan.root with --scan)."),
     ] = None,
-    scan: Annotated[
-        Optional[str],
-        typer.Option(
-            "--scan",
-            help="Mass scan: one ROOT file of template histograms per point, e.g. '1000:3000:250,1:9:1' "
-            "(start:stop:step or v1/v2/... per label; ';' joins grids).",
-        ),
-    ] = None,
-    bins: Annotated[Optional[int], typer.Option(min=1, help="Template bins per feature (--scan).")] = None,
-    yield_normalised: Annotated[
-        bool, typer.Option("--yield-normalised", help="Scale each template to n_events x interpolated efficiency (--scan).")
-    ] = False,
+    scan: ScanOpt = None,
+    bins: BinsOpt = None,
+    overflow: OverflowOpt = None,
+    yield_normalised: YieldOpt = False,
+    xsec: XsecOpt = None,
+    lumi: LumiOpt = None,
+    variations: VariationsOpt = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
     executor: ExecutorOpt = "iterative",
     workers: WorkersOpt = 2,
     scheduler: SchedulerOpt = None,
@@ -237,75 +287,70 @@ def generate_cmd(
     progress: ProgressOpt = True,
 ) -> None:
     """Sample events at any mass point(s), inside or between the training grid, or scan a mass grid."""
-    import numpy as np
-
+    from fedhex_hep.binning import parse_bins_options
     from fedhex_hep.io.atomic import check_writable
 
+    extra = {"generation.n_events": n_events, "generation.seed": seed, "generation.batch_size": batch_size,
+             "generation.xsec": xsec, "generation.lumi": lumi, "output.overflow": overflow}
+    cfg = _generate_config(model, method, config, overrides, extra)
+    parsed_ranges = _parse_ranges(ranges)
     if scan is not None:
         if method != "flow":
             raise CLIError("--scan needs --method flow (a trained model directory)")
-        from fedhex_hep.config import load_config
         from fedhex_hep.generation.scan import run_scan
 
-        scan_output = check_writable(output or Path("output/scan.root"), overwrite=overwrite)
-        gen_cfg = load_config(model / "config.toml").generation
         path = run_scan(
-            model,
-            scan,
-            n_events or gen_cfg.n_events,
-            scan_output,
-            bins=bins,
-            executor=executor,
-            workers=workers,
-            scheduler=scheduler,
-            seed=gen_cfg.seed if seed is None else seed,
-            yield_normalised=yield_normalised,
-            overwrite=overwrite,
-            progress=progress,
+            model, scan, cfg.generation.n_events, check_writable(output or Path("output/scan.root"), overwrite=overwrite),
+            bins=parse_bins_options(bins), executor=executor, workers=workers, scheduler=scheduler,
+            seed=cfg.generation.seed, yield_normalised=yield_normalised, overwrite=overwrite, progress=progress,
+            ranges=parsed_ranges, variations=variations, config=cfg,
         )
         typer.echo(f"wrote scan templates to {path}")
         return
-
     output = check_writable(output or Path("output/generated.parquet"), overwrite=overwrite)
-    parsed_ranges = {}
-    for text in ranges or []:
-        name, _, bounds = text.partition("=")
-        values = _parse_floats(bounds, f"--range {name}")
-        if len(values) != 2 or values[0] >= values[1]:
-            raise CLIError(f"--range {text!r}: expected name=min,max with min < max")
-        parsed_ranges[name] = tuple(values)
-
-    if method == "flow":
-        from fedhex_hep.generation.sampling import generate
-        from fedhex_hep.model.storage import load_model
-
-        trained = load_model(model)
-        gen_cfg = trained.config.generation
-        points = np.array([_parse_point(t) for t in labels]) if labels else np.array(gen_cfg.labels, dtype=float)
-        result = generate(
-            trained,
-            points,
-            n_events or gen_cfg.n_events,
-            seed=gen_cfg.seed if seed is None else seed,
-            batch_size=batch_size or gen_cfg.batch_size,
-            ranges=parsed_ranges or {k: tuple(v) for k, v in gen_cfg.ranges.items()} or None,
-            max_tries=gen_cfg.max_tries,
-        )
-    elif method == "morph":
-        from fedhex_hep.config import load_config
-        from fedhex_hep.io.featureset import FeatureSet
-        from fedhex_hep.generation.morphing import morph_generate
-
-        mc = FeatureSet.load(model)
-        gen_cfg = load_config().generation
-        if not labels:
-            raise CLIError("--method morph needs at least one --label")
-        points = np.array([_parse_point(t) for t in labels])
-        result = morph_generate(mc, points, n_events or gen_cfg.n_events, seed=gen_cfg.seed if seed is None else seed)
-    else:
-        raise CLIError(f"--method {method!r}: expected flow or morph")
+    result = _sample(model, method, cfg, [_parse_point(t) for t in labels or []], parsed_ranges)
     result.save(output, overwrite=overwrite)
-    typer.echo(f"wrote {len(result)} events at {len(points)} mass points to {output}")
+    typer.echo(f"wrote {len(result)} events at {len(result.label_points())} mass points to {output}")
+
+
+def _sample(model: Path, method: str, cfg, points: list[list[float]], ranges: dict | None):
+    """Events at ``points`` from the flow in ``model`` or by moment morphing of the MC in ``model``."""
+    if method == "flow":
+        from fedhex_hep.generation.sampling import generate_from_config
+
+        return generate_from_config(model, cfg, points or None, ranges=ranges)
+    if method == "morph":
+        from fedhex_hep.generation.morphing import morph_generate
+        from fedhex_hep.io.featureset import FeatureSet
+
+        if not points:
+            raise CLIError("--method morph needs at least one --label")
+        return morph_generate(FeatureSet.load(model), points, cfg.generation.n_events, seed=cfg.generation.seed)
+    raise CLIError(f"--method {method!r}: expected flow or morph")
+
+
+@app.command("datacard")
+def datacard_cmd(
+    scan_file: Annotated[Path, typer.Argument(help="Scan ROOT file written by `fedhex-hep generate --scan`.")],
+    point: Annotated[str, typer.Option("--point", "-p", help="Mass point, comma-separated in label order, e.g. 1870,9.025.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Datacard to write.")] = Path("output/datacard.txt"),
+    feature: Annotated[Optional[str], typer.Option(help="Feature whose template is fitted (the channel; default: the first).")] = None,
+    backgrounds: Annotated[
+        Optional[list[str]], typer.Option("--background", "-b", help="Background NAME=FILE:HIST (repeatable).")
+    ] = None,
+    data: Annotated[Optional[str], typer.Option(help="Observed data FILE:HIST (default: Asimov signal + backgrounds beside the card).")] = None,
+    process: Annotated[str, typer.Option(help="Signal process name.")] = "sig",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write a CMS combine datacard for one mass point: signal shape, interpolation shape nuisance, efficiency lnN."""
+    from fedhex_hep.generation.datacard import parse_source, write_datacard
+
+    path = write_datacard(
+        scan_file, _parse_point(point), output, feature=feature,
+        backgrounds=[parse_source(b) for b in backgrounds or []],
+        data=parse_source(data, name="data_obs") if data else None, process=process, overwrite=overwrite,
+    )
+    typer.echo(f"wrote {path}")
 
 
 @app.command("export")
@@ -313,18 +358,24 @@ def export_cmd(
     features: Annotated[Path, typer.Argument(help="FeatureSet parquet (generated or MC).")],
     to: Annotated[str, typer.Option("--to", help="root (TTree + TH1D/TH2D) or parquet.")] = "root",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: input name with .root/.export.parquet).")] = None,
-    bins: Annotated[int, typer.Option(min=1, help="Histogram bins per feature.")] = 40,
+    bins: BinsOpt = None,
+    overflow: Annotated[
+        str, typer.Option("--overflow", help="Events outside the binning: keep (under/overflow bins), fold into the edge bins, or drop; the fraction is in meta/overflow.")
+    ] = "keep",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write ROOT TTrees and hist histograms (or parquet) for downstream fits."""
+    from fedhex_hep.binning import parse_bins_options
     from fedhex_hep.io.export import export_parquet, export_root
     from fedhex_hep.io.featureset import FeatureSet
 
     data = FeatureSet.load(features)
+    spec = parse_bins_options(bins) or 40
+    kwargs = {"bins": spec, "overwrite": overwrite, "overflow": overflow}
     if to == "root":
-        path = export_root(data, output or features.with_suffix(".root"), bins=bins, overwrite=overwrite)
+        path = export_root(data, output or features.with_suffix(".root"), **kwargs)
     elif to == "parquet":
-        path = export_parquet(data, output or features.with_suffix(".export.parquet"), bins=bins, overwrite=overwrite)
+        path = export_parquet(data, output or features.with_suffix(".export.parquet"), **kwargs)
     else:
         raise CLIError(f"--to {to!r}: expected root or parquet")
     typer.echo(f"wrote {path}")

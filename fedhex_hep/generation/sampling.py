@@ -1,8 +1,14 @@
 """Generate events with a trained flow at any label points: batched, seeded, optional ranges.
 
 Memory: besides the output arrays (N events), at most one batch of ``batch_size`` events is
-alive at a time, whatever N is. Randomness: batch ``t`` at point ``k`` uses the stateless seed
-pair ``(seed, k * 2**20 + t)``, so the same seed always gives the same events.
+alive at a time, whatever N is. Several mass points share one sampler call when ``n_events``
+is smaller than ``batch_size`` (:func:`points_per_draw`); every call has the same shape, so the
+sampler is traced and compiled once per process. Randomness: draw ``t`` of point group ``g``
+uses the stateless seed pair ``(seed, g * 2**20 + t)``, so the same seed always gives the same
+events.
+
+Acceptance: with ``ranges``, the accepted fraction of every event drawn at a point (all the
+events examined, also those of a last draw that was larger than needed).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import numpy as np
 from fedhex_hep.io.featureset import FeatureSet
 from fedhex_hep.model.storage import TrainedModel
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.naming import point_label
 
-__all__ = ["GenerationError", "generate", "out_of_range_messages"]
+__all__ = ["GenerationError", "generate", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +73,27 @@ def _check_ranges(model: TrainedModel, ranges: Mapping[str, Sequence[float]] | N
     return out
 
 
-def generate(
-    model: TrainedModel,
-    points: np.ndarray,
-    n_events: int,
-    seed: int,
-    batch_size: int = 100000,
-    ranges: Mapping[str, Sequence[float]] | None = None,
-    max_tries: int = 100,
-) -> FeatureSet:
-    """Sample ``n_events`` events at each label point (raw units, e.g. GeV).
+def rows_per_draw(n_events: int, batch_size: int, cut: bool) -> int:
+    """Rows drawn for one point per sampler call: all ``n_events`` (plus a margin when cutting), at most ``batch_size``."""
+    # With ranges a part of each draw is rejected: draw a margin more, and at least enough rows
+    # to measure a small acceptance on the first draw.
+    wanted = int(n_events) if not cut else max(int(1.1 * n_events) + 64, 10000)
+    return max(1, min(int(batch_size), wanted))
 
-    ``points``: shape (k, L) (or (L,) for one point). ``ranges``: optional per-feature
-    acceptance ``{feature: (min, max)}``; events outside are resampled. Raises GenerationError
-    if the acceptance is so small that ``max_tries`` batches would not fill ``n_events``.
-    Labels outside the training range give a UserWarning saying how far outside they are.
+
+def points_per_draw(n_events: int, batch_size: int, cut: bool, n_points: int | None = None) -> int:
+    """Mass points sampled together in one sampler call (one fixed batch shape: one compilation).
+
+    With ``n_points``, the groups are balanced (100 points at 11 per call: 10 calls of 10), so
+    the padding of a last, smaller group costs nothing.
     """
-    import fedhex_hep
+    group = max(1, int(batch_size) // rows_per_draw(n_events, batch_size, cut))
+    if n_points:
+        group = math.ceil(n_points / math.ceil(n_points / group))
+    return group
 
+
+def _check_request(model: TrainedModel, points: np.ndarray, n_events: int, batch_size: int, max_tries: int) -> np.ndarray:
     n_labels = len(model.label_names)
     points = np.asarray(points, dtype=np.float64)
     if points.ndim == 1:
@@ -98,70 +108,132 @@ def generate(
         raise GenerationError(
             f"need n_events >= 0, batch_size >= 1 and max_tries >= 1 (got {n_events}, {batch_size}, {max_tries})"
         )
-    cuts = _check_ranges(model, ranges)
     for point in points:
         for message in out_of_range_messages(model, point):
             log.warning(message)
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warnings.warn(message, UserWarning, stacklevel=3)
+    return points
 
-    # One fixed batch shape per call (one XLA compilation); with ranges, draw more than asked
-    # since part of each batch is rejected.
-    wanted = int(n_events) if not cuts else max(4 * int(n_events), 10000)
-    m = max(1, min(int(batch_size), wanted))
-    # One array per output column, filled batch by batch: the output is the only memory that
-    # grows with N (no (N, F) intermediate that would be copied into columns later).
-    total = len(points) * n_events
-    columns = {name: np.empty(total, dtype=np.float64) for name in model.feature_names}
-    acceptance: list[float] = []
+
+def generate(
+    model: TrainedModel,
+    points: np.ndarray,
+    n_events: int,
+    seed: int,
+    batch_size: int = 100000,
+    ranges: Mapping[str, Sequence[float]] | None = None,
+    max_tries: int = 100,
+    flow: Any = None,
+    pad_to: int | None = None,
+) -> FeatureSet:
+    """Sample ``n_events`` events at each label point (raw units, e.g. GeV).
+
+    ``points``: shape (k, L) (or (L,) for one point). ``ranges``: optional per-feature
+    acceptance ``{feature: (min, max)}``; events outside are resampled, and
+    ``metadata["generation"]["acceptance"]`` holds, per point, the accepted fraction of all the
+    events drawn there. Raises GenerationError if the acceptance is so small that ``max_tries``
+    draws would not fill ``n_events``. Labels outside the training range give a UserWarning.
+    ``flow``: another sampler with the model's interface (e.g. one ensemble member).
+    ``pad_to``: points per sampler call (see :func:`sample_features`).
+    """
+    points = _check_request(model, points, n_events, batch_size, max_tries)
+    cuts = _check_ranges(model, ranges)
     seed = int(seed) % 2**31
-    for k, point in enumerate(points):
-        c = np.repeat(model.preprocessor.transform_labels(point[None, :]).astype(np.float32), m, axis=0)
-        raw_labels = np.broadcast_to(point, (m, n_labels))
-        offset = k * n_events
-        filled, tries, drawn = 0, 0, 0
-        while filled < n_events:
-            if tries >= max_tries:
-                raise GenerationError(
-                    f"generation at {dict(zip(model.label_names, point.tolist()))}: only {filled} of {n_events} events "
-                    f"inside the ranges after max_tries = {max_tries} batches of {m}"
-                )
-            z = model.flow.sample(c, seed=(seed, (k * _POINT_STRIDE + tries) % 2**31))
-            x = model.preprocessor.inverse_features(z.astype(np.float64), raw_labels)
-            tries += 1
-            drawn += m
-            if cuts:
-                keep = np.all(np.isfinite(x), axis=1)
-                for i, lo, hi in cuts:
-                    keep &= (x[:, i] >= lo) & (x[:, i] <= hi)
-                x = x[keep]
-                if tries == 1:
-                    _check_acceptance(model, point, cuts, len(x) / m, n_events, m, max_tries)
-            take = min(len(x), n_events - filled)
-            for i, name in enumerate(model.feature_names):
-                columns[name][offset + filled : offset + filled + take] = x[:take, i]
-            filled += take
-        acceptance.append(n_events / drawn if cuts and drawn else 1.0)
-
+    x, accepted, drawn = sample_features(model, points, n_events, seed, batch_size, cuts, max_tries, flow, pad_to)
+    columns = {name: x[:, :, i].reshape(-1) for i, name in enumerate(model.feature_names)}
     for i, name in enumerate(model.label_names):
         columns[name] = np.repeat(points[:, i], n_events)
-    columns["weight"] = np.ones(total)
+    columns["weight"] = np.ones(len(points) * n_events)
+    generation = {
+        "seed": seed,
+        "n_events": int(n_events),
+        "batch_size": rows_per_draw(n_events, batch_size, bool(cuts)),
+        "points": points.tolist(),
+        "ranges": {model.feature_names[i]: [lo, hi] for i, lo, hi in cuts},
+        "acceptance": (accepted / np.maximum(drawn, 1)).tolist() if cuts else [1.0] * len(points),
+        "drawn": drawn.tolist(),
+        "accepted": accepted.tolist(),
+    }
+    return _featureset(model, columns, generation)
+
+
+def _featureset(model: TrainedModel, columns: dict[str, np.ndarray], generation: dict[str, Any]) -> FeatureSet:
+    import awkward as ak
+
+    import fedhex_hep
+
     metadata: dict[str, Any] = {
         "source": "generated",
         "model_path": str(model.path) if model.path is not None else None,
         "config": model.config.to_dict(),
         "version": fedhex_hep.__version__,
-        "generation": {
-            "seed": seed,
-            "n_events": int(n_events),
-            "batch_size": m,
-            "points": points.tolist(),
-            "ranges": {model.feature_names[i]: [lo, hi] for i, lo, hi in cuts},
-            "acceptance": acceptance,
-        },
+        "generation": generation,
     }
-    import awkward as ak
-
     return FeatureSet(ak.zip(columns), list(model.feature_names), list(model.label_names), metadata)
+
+
+def sample_features(
+    model: TrainedModel,
+    points: np.ndarray,
+    n_events: int,
+    seed: int,
+    batch_size: int,
+    cuts: list[tuple[int, float, float]],
+    max_tries: int,
+    flow: Any = None,
+    pad_to: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features (k, n_events, F) at ``points`` (k, L), and per point the events accepted and drawn.
+
+    Points go through the sampler in groups of :func:`points_per_draw`, every call with the same
+    batch shape (the last group is padded to ``pad_to`` points, default: the first group's), so
+    the sampler is compiled once. Group ``g``'s draw ``t`` uses the stateless seed pair
+    ``(seed, g * 2**20 + t)``.
+    """
+    m = rows_per_draw(n_events, batch_size, bool(cuts))
+    group = int(pad_to) if pad_to else points_per_draw(n_events, batch_size, bool(cuts), max(len(points), 1))
+    out = np.empty((len(points), n_events, len(model.feature_names)), dtype=np.float64)
+    accepted = np.zeros(len(points), dtype=np.int64)
+    drawn = np.zeros(len(points), dtype=np.int64)
+    for g, start in enumerate(range(0, len(points), group)):
+        stop = min(start + group, len(points))
+        _fill_group(model, points[start:stop], group, m, (seed, g), cuts, max_tries, flow or model.flow,
+                    out[start:stop], accepted[start:stop], drawn[start:stop])
+    return out, accepted, drawn
+
+
+def _fill_group(model, points, group, m, seed, cuts, max_tries, flow, out, accepted, drawn) -> None:
+    """Draw until every point of the group holds ``out.shape[1]`` events inside ``cuts`` (in place)."""
+    n_events = out.shape[1]
+    padded = np.concatenate([points, np.repeat(points[-1:], group - len(points), axis=0)])
+    c = np.repeat(model.preprocessor.transform_labels(padded).astype(np.float32), m, axis=0)
+    raw_labels = np.repeat(padded, m, axis=0)
+    filled = np.zeros(len(points), dtype=np.int64)
+    tries = 0
+    while np.any(filled < n_events):
+        if tries >= max_tries:
+            k = int(np.argmax(filled < n_events))
+            raise GenerationError(
+                f"generation at {point_label(model.label_names, points[k])}: only {filled[k]} of {n_events} events "
+                f"inside the ranges after max_tries = {max_tries} draws of {m}"
+            )
+        z = flow.sample(c, seed=(seed[0], (seed[1] * _POINT_STRIDE + tries) % 2**31))
+        x = model.preprocessor.inverse_features(z.astype(np.float64), raw_labels).reshape(group, m, -1)
+        tries += 1
+        for k in np.flatnonzero(filled < n_events):
+            rows = x[k]
+            if cuts:
+                keep = np.all(np.isfinite(rows), axis=1)
+                for i, lo, hi in cuts:
+                    keep &= (rows[:, i] >= lo) & (rows[:, i] <= hi)
+                rows = rows[keep]
+                if tries == 1:
+                    _check_acceptance(model, points[k], cuts, len(rows) / m, n_events, m, max_tries)
+            accepted[k] += len(rows)
+            drawn[k] += m
+            take = min(len(rows), n_events - filled[k])
+            out[k, filled[k] : filled[k] + take] = rows[:take]
+            filled[k] += take
 
 
 def _check_acceptance(
@@ -173,7 +245,7 @@ def _check_acceptance(
     m: int,
     max_tries: int,
 ) -> None:
-    where = ", ".join(f"{n}={v:g}" for n, v in zip(model.label_names, point))
+    where = point_label(model.label_names, point)
     ranges = ", ".join(f"{model.feature_names[i]} in [{lo:g}, {hi:g}]" for i, lo, hi in cuts)
     if acc == 0:
         raise GenerationError(
@@ -186,3 +258,29 @@ def _check_acceptance(
             f"generation at {where}: acceptance of the ranges ({ranges}) is about {100 * acc:.3g}% "
             f"(first batch of {m}); {n_events} events would need about {needed} batches > max_tries = {max_tries}"
         )
+
+
+def generate_from_config(
+    model_dir: str | Any,
+    config: Any,
+    points: Sequence[Sequence[float]] | None = None,
+    ranges: Mapping[str, Sequence[float]] | None = None,
+) -> FeatureSet:
+    """:func:`generate` with the ``generation`` section of ``config`` (events, seed, batch size,
+    ranges, default points); the model is loaded once per process."""
+    from fedhex_hep.processors.generation import load_model_cached
+
+    gen = config.generation
+    model = load_model_cached(model_dir)
+    chosen = np.asarray(points if points else gen.labels, dtype=np.float64)
+    if chosen.size == 0:
+        raise GenerationError("no mass point: give --label or set generation.labels in the config")
+    return generate(
+        model,
+        chosen,
+        gen.n_events,
+        seed=gen.seed,
+        batch_size=gen.batch_size,
+        ranges=ranges or {k: tuple(v) for k, v in gen.ranges.items()} or None,
+        max_tries=gen.max_tries,
+    )

@@ -22,25 +22,34 @@ ROOT file layout
 ----------------
 ``h_<feature>__<label1>_<v1>__<label2>_<v2>`` (TH1D, Sumw2)
     the template of ``feature`` at one mass point, e.g. ``h_phi__labelphi_1870__labelomega_9p025``
-    (values: shortest decimal form, ``.`` -> ``p``, ``-`` -> ``m``; the same names as
-    :mod:`fedhex_hep.io.export`). Every histogram of a feature has the same bin edges. Events are
-    generated inside the histogram range (the flow density truncated to the binning), so there
-    is no under/overflow and the integral is exactly ``n_events`` -- or ``n_events * eff`` (the
-    interpolated selection efficiency at that point) with ``yield_normalised=True``.
+    (values: shortest decimal form, ``.`` -> ``p``, ``-`` -> ``m``; :mod:`fedhex_hep.naming`).
+    Every histogram of a feature has the same bin edges (``bins``, ``output.binning``). Events
+    outside the edges (``overflow``): ``drop`` -- events are generated inside the binning and
+    the ``ranges`` (the flow density truncated there), so a template holds ``n_events`` and no
+    under/overflow; ``fold`` -- events are generated inside the ``ranges`` only and those
+    outside the edges are added to the first/last bin. Integral: ``n_events``; with
+    ``yield_normalised``, ``eff x acceptance x xsec x lumi`` (xsec in pb, lumi in 1/pb), or
+    ``n_events x eff`` when no xsec/lumi is given.
+``h_<feature>__..._interpUp`` / ``..._interpDown`` (TH1D, with ``variations``)
+    the template +- the ensemble members' spread per bin (:mod:`fedhex_hep.generation.uncertainty`),
+    combine's ``$PROCESS_$SYSTEMATIC`` convention; scaled like the template.
 ``scan`` (TTree)
     one entry per mass point: ``point_index``, one branch per label (GeV), ``n_events``
-    (generated), ``integral`` (sum of weights of each histogram of that point), ``eff``,
-    ``eff_err`` (NaN when no efficiency is known), ``acceptance`` (fraction of the flow's events
-    inside the binning: the templates are normalised within the binning, multiply by it to
-    normalise to the whole feature range).
+    (generated), ``integral`` (sum of weights of the nominal template), ``eff``, ``eff_err``
+    (NaN when no efficiency is known), ``acceptance`` (accepted / drawn: the fraction of the
+    flow's events at that point that the template represents -- inside the ranges, and inside
+    the binning with ``drop``), ``outside`` (``drop``: 1 - acceptance; ``fold``: the largest
+    fraction folded into an edge bin over the point's templates).
 ``efficiency`` (TTree)
     as in :mod:`fedhex_hep.io.export`: labels, ``eff``, ``eff_err``, ``interpolated`` (0: measured
     at a training point, 1: from the smooth :class:`~fedhex_hep.generation.efficiency.EfficiencyModel`),
     ``in_range``. Absent when no efficiency is known.
 ``meta/`` (TObjString, JSON text)
     ``config``, ``version``, ``model_path``, ``seed``, ``n_events``, ``yield_normalised``,
-    ``feature_names``, ``label_names``, ``binning`` (edges per feature, GeV), ``naming``,
-    ``histograms`` (name, feature, point, integral), ``efficiency``, ``executor``.
+    ``normalisation`` (what the integral is), ``feature_names``, ``label_names``, ``binning``
+    (edges per feature, GeV), ``ranges``, ``overflow`` (policy, meaning, fraction outside per
+    histogram), ``variations``, ``naming``, ``histograms`` (name, feature, point, integral,
+    outside), ``efficiency``, ``executor``.
 
 A CMS combine datacard picks the template of one mass point with a ``shapes`` line; name the
 datacard channel after the feature and ``$CHANNEL`` selects the feature::
@@ -76,6 +85,7 @@ import numpy as np
 
 from fedhex_hep.extraction.executors import EXECUTORS, ExecutorError, check_executor, dask_client
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.naming import hist_name, point_tag as point_key, variation_name
 
 __all__ = ["ScanError", "grid_points", "run_scan", "resolve_bins", "scan_efficiency", "EXECUTORS", "SCAN_NAMING"]
 
@@ -84,9 +94,15 @@ log = logging.getLogger(__name__)
 #: The histogram naming pattern (also stored in the file as ``meta/naming``).
 SCAN_NAMING = (
     "h_<feature>__<label1>_<v1>__<label2>_<v2> (TH1D, one per mass point and feature); "
+    "<that name>_interpUp/Down (interpolation band); "
     "values: shortest decimal, '.'->'p', '-'->'m' (1870, 9p025); "
-    "combine: shapes sig * scan.root h_$CHANNEL__<label1>_<v1>__<label2>_<v2>"
+    "combine: shapes sig * scan.root h_$CHANNEL__<label1>_<v1>__<label2>_<v2> h_$CHANNEL__<label1>_<v1>__<label2>_<v2>_$SYSTEMATIC"
 )
+#: What the ``overflow`` policies do to the templates (stored in ``meta/overflow``).
+OVERFLOW_MEANING = {
+    "drop": "events are generated inside the binning and ranges; fraction = share of the flow's events outside, not in the template",
+    "fold": "events outside the binning are added to the first/last bin; fraction = share folded",
+}
 #: Events per point of the pilot sample that chooses an automatic binning.
 PILOT_EVENTS = 2000
 #: At most this many mass points (spread over the list) make the pilot sample.
@@ -139,55 +155,87 @@ def grid_points(spec: str, n_labels: int | None = None) -> np.ndarray:
 
 
 # -- binning ---------------------------------------------------------------------------------
-def resolve_bins(model_dir: str | Path, points: np.ndarray, bins: Any, seed: int) -> dict[str, Any]:
-    """``{feature: edges | (n, lo, hi)}`` for the scan.
+def resolve_bins(
+    model_dir: str | Path,
+    points: np.ndarray,
+    bins: Any,
+    seed: int,
+    ranges: Mapping[str, Sequence[float]] | None = None,
+    config: Any = None,
+) -> dict[str, Any]:
+    """Template binning per feature: ``{feature: (n, lo, hi) | [edges]}`` (GeV).
 
-    ``bins`` may be such a dict, an int (that many equal bins per feature), or None (the model
-    config's ``output.bins``). Features without explicit edges get equal bins spanning the
-    0.1-99.9% quantiles of a pilot sample (``PILOT_EVENTS`` events at up to ``PILOT_POINTS``
-    points spread over the list, seeded from ``seed``), unless the model config has
-    ``generation.ranges`` for the feature (then that range is used).
+    ``bins``: a mapping feature -> ``(n, lo, hi)``, edges, ``"n:lo:hi"`` / ``"e0,e1,..."`` / an edges
+    file (only those features get templates); an int (that many bins for every feature); or None.
+    With an int or None, ``output.binning`` of the model's config gives the features it names;
+    the others get ``output.bins`` (or the int) equal bins over ``generation.ranges`` of the
+    feature if set, else over the 0.1-99.9% quantiles of a pilot sample of the flow (inside
+    ``ranges``). ``config``: used instead of the model's configuration.
     """
-    from fedhex_hep.model.storage import read_model_files
+    from fedhex_hep.binning import BinningError, edges_from_spec
 
-    config, _, _ = read_model_files(Path(model_dir))
+    config = config or _model_config(Path(model_dir))
     features = config.feature_names
+    spec = _bins_spec(bins, config)
+    unknown = [f for f in spec if f not in features]
+    if unknown:
+        raise ScanError(f"bins: unknown feature {unknown[0]!r} (model features: {features})")
+    out: dict[str, Any] = {}
+    missing: dict[str, int] = {}
+    for feature, value in spec.items():
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            rng = config.generation.ranges.get(feature)
+            if rng:
+                out[feature] = (int(value), float(rng[0]), float(rng[1]))
+            else:
+                missing[feature] = int(value)
+            continue
+        try:
+            edges = edges_from_spec(value, feature)
+        except BinningError as exc:
+            raise ScanError(str(exc)) from None
+        out[feature] = (len(edges) - 1, float(edges[0]), float(edges[-1])) if isinstance(value, tuple) else edges.tolist()
+    if missing:
+        out.update(_pilot_bins(model_dir, points, missing, seed, ranges))
+    return {f: out[f] for f in spec}
+
+
+def _bins_spec(bins: Any, config: Any) -> dict[str, Any]:
+    """Per feature: a bin count (automatic range) or an explicit specification."""
     if isinstance(bins, Mapping):
-        unknown = [f for f in bins if f not in features]
-        if unknown:
-            raise ScanError(f"bins: unknown feature {unknown[0]!r} (model features: {features})")
         return dict(bins)
     if bins is None:
-        n_bins = int(config.output.bins)
+        count = int(config.output.bins)
     elif isinstance(bins, (int, np.integer)) and not isinstance(bins, bool) and bins > 0:
-        n_bins = int(bins)
+        count = int(bins)
     else:
         raise ScanError(f"bins must be a dict feature -> edges | (n, lo, hi), a positive int or None; got {bins!r}")
-    out: dict[str, Any] = {}
-    missing = []
-    for f in features:
-        rng = config.generation.ranges.get(f)
-        if rng:
-            out[f] = (n_bins, float(rng[0]), float(rng[1]))
-        else:
-            missing.append(f)
-    if missing:
-        from fedhex_hep.generation.sampling import generate
+    spec: dict[str, Any] = {f: count for f in config.feature_names}
+    for feature, value in config.output.binning.items():
+        if feature not in spec:
+            raise ScanError(f"config key 'output.binning.{feature}': no such feature (features: {config.feature_names})")
+        spec[feature] = value
+    return spec
 
-        from fedhex_hep.processors.generation import load_model_cached
 
-        model = load_model_cached(model_dir)
-        pick = np.unique(np.linspace(0, len(points) - 1, min(PILOT_POINTS, len(points))).round().astype(int))
-        pilot = generate(model, points[pick], PILOT_EVENTS, seed=int(seed) + 7919)
-        for f in missing:
-            values = pilot.column(f)
-            values = values[np.isfinite(values)]
-            if values.size == 0:
-                raise ScanError(f"feature {f!r}: the pilot sample has no finite values to choose a binning from")
-            lo, hi = np.quantile(values, [0.001, 0.999])
-            if not hi > lo:
-                lo, hi = lo - max(abs(lo) * 1e-3, 1e-6), hi + max(abs(hi) * 1e-3, 1e-6)
-            out[f] = (n_bins, float(lo), float(hi))
+def _pilot_bins(
+    model_dir: str | Path, points: np.ndarray, counts: Mapping[str, int], seed: int, ranges: Mapping[str, Sequence[float]] | None
+) -> dict[str, tuple[int, float, float]]:
+    """``(n, lo, hi)`` over the 0.1-99.9% quantiles of a small flow sample at up to PILOT_POINTS points."""
+    from fedhex_hep.binning import BinningError, quantile_edges
+    from fedhex_hep.generation.sampling import generate
+    from fedhex_hep.processors.generation import load_model_cached
+
+    model = load_model_cached(model_dir)
+    pick = np.unique(np.linspace(0, len(points) - 1, min(PILOT_POINTS, len(points))).round().astype(int))
+    pilot = generate(model, points[pick], PILOT_EVENTS, seed=int(seed) + 7919, ranges=ranges or None)
+    out = {}
+    for feature, n in counts.items():
+        try:
+            edges = quantile_edges(pilot.column(feature), n, 0.001, 0.999, what=f"feature {feature!r} of the pilot sample")
+        except BinningError as exc:
+            raise ScanError(str(exc)) from None
+        out[feature] = (n, float(edges[0]), float(edges[-1]))
     return out
 
 
@@ -205,59 +253,14 @@ def scan_efficiency(
     The ``points`` entry is in the order of ``points``.
     """
     from fedhex_hep.io.export import ExportError, resolve_efficiency
-    from fedhex_hep.io.featureset import FeatureSet, FeatureSetError
-    from fedhex_hep.model.storage import read_model_files
+    from fedhex_hep.io.featureset import FeatureSet
 
     points = np.asarray(points, dtype=np.float64)
-    where = "efficiency argument"
-    source = efficiency
-    if isinstance(source, bool):
+    if isinstance(efficiency, bool):
         raise ScanError("efficiency must be a number, an efficiency model/table, a path or None, not a bool")
-    if isinstance(source, (int, float, np.floating)):
-        value = float(source)
-        if not 0.0 < value <= 1.0:
-            raise ScanError(f"efficiency {value} is outside (0, 1]")
-        return {
-            "model": None,
-            "table": None,
-            "constant": value,
-            "points": {
-                "label_names": list(label_names),
-                "points": points.tolist(),
-                "eff": [value] * len(points),
-                "err": [0.0] * len(points),
-                "interpolated": [1] * len(points),
-                "in_range": [1] * len(points),
-            },
-        }
-    if source is None:
-        model_dir = Path(model_dir)
-        if (model_dir / "efficiency.json").is_file():
-            source = model_dir / "efficiency.json"
-        else:
-            _, _, info = read_model_files(model_dir)
-            for key in ("efficiency", "cutflow"):
-                if info.get(key):
-                    source, where = info[key], f"{model_dir / 'training.json'}[{key!r}]"
-                    break
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise ScanError(f"efficiency file {path} does not exist")
-        if path.suffix == ".parquet":
-            try:
-                meta = FeatureSet.load(path).metadata
-            except FeatureSetError as exc:
-                raise ScanError(str(exc)) from None
-            source = meta.get("efficiency") or meta.get("cutflow")
-            if not source:
-                raise ScanError(f"{path}: FeatureSet metadata has no 'efficiency' or 'cutflow'")
-        else:
-            try:
-                source = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise ScanError(f"efficiency file {path} is not readable JSON ({exc})") from None
+    if isinstance(efficiency, (int, float, np.floating)):
+        return _constant_efficiency(float(efficiency), points, label_names)
+    source, where = _efficiency_source(efficiency, Path(model_dir))
     if source is None:
         return None
     # export.resolve_efficiency works on a FeatureSet's label points: give it one row per point.
@@ -275,6 +278,59 @@ def scan_efficiency(
         for key, value in resolved["points"].items()
     }
     return resolved
+
+
+def _constant_efficiency(value: float, points: np.ndarray, label_names: Sequence[str]) -> dict[str, Any]:
+    if not 0.0 < value <= 1.0:
+        raise ScanError(f"efficiency {value} is outside (0, 1]")
+    k = len(points)
+    return {
+        "model": None,
+        "table": None,
+        "constant": value,
+        "points": {
+            "label_names": list(label_names),
+            "points": points.tolist(),
+            "eff": [value] * k,
+            "err": [0.0] * k,
+            "interpolated": [1] * k,
+            "in_range": [1] * k,
+        },
+    }
+
+
+def _efficiency_source(source: Any, model_dir: Path) -> tuple[Any, str]:
+    """The efficiency object (dict, model, table or cutflow) and where it came from."""
+    from fedhex_hep.io.featureset import FeatureSet, FeatureSetError
+    from fedhex_hep.model.storage import read_model_files
+
+    where = "efficiency argument"
+    if source is None:
+        if (model_dir / "efficiency.json").is_file():
+            source = model_dir / "efficiency.json"
+        else:
+            _, _, info = read_model_files(model_dir)
+            for key in ("efficiency", "cutflow"):
+                if info.get(key):
+                    return info[key], f"{model_dir / 'training.json'}[{key!r}]"
+    if not isinstance(source, (str, Path)):
+        return source, where
+    path = Path(source)
+    if not path.is_file():
+        raise ScanError(f"efficiency file {path} does not exist")
+    if path.suffix == ".parquet":
+        try:
+            meta = FeatureSet.load(path).metadata
+        except FeatureSetError as exc:
+            raise ScanError(str(exc)) from None
+        found = meta.get("efficiency") or meta.get("cutflow")
+        if not found:
+            raise ScanError(f"{path}: FeatureSet metadata has no 'efficiency' or 'cutflow'")
+        return found, str(path)
+    try:
+        return json.loads(path.read_text()), str(path)
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"efficiency file {path} is not readable JSON ({exc})") from None
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -310,6 +366,13 @@ def run_scan(
     overwrite: bool = False,
     progress: bool = True,
     chunk_points: int | None = None,
+    ranges: Mapping[str, Sequence[float]] | None = None,
+    overflow: str | None = None,
+    xsec: float | None = None,
+    lumi: float | None = None,
+    variations: bool = False,
+    batch_size: int = 2**18,
+    config: Any = None,
 ) -> Path:
     """Generate ``n_events`` per mass point with the flow in ``model_dir``; write one ROOT file.
 
@@ -318,30 +381,56 @@ def run_scan(
     ``futures`` (``workers`` processes) or ``dask`` (a ``LocalCluster`` of ``workers``
     single-threaded processes, or the existing cluster at ``scheduler``, e.g. ``tcp://host:8786``;
     workers must see ``model_dir`` and the output folder). ``chunk_points``: mass points per
-    coffea chunk (default: spread over ``4 * workers`` chunks). ``yield_normalised``: scale each
-    histogram to ``n_events * efficiency`` (requires an efficiency, see :func:`scan_efficiency`).
-    Refuses an existing ``output`` unless ``overwrite``. Returns the path written.
+    coffea chunk (default: all points in one chunk for ``iterative``, else whole point groups
+    spread over ``4 * workers`` chunks). ``ranges``: per-feature acceptance ``{feature: (lo, hi)}``.
+    ``overflow``: ``drop`` or ``fold`` (default: ``output.overflow`` of the model's config).
+    ``yield_normalised``: scale each template to ``efficiency x acceptance x xsec x lumi`` events
+    (xsec [pb], lumi [1/pb]) when both are given, else to ``n_events x efficiency``.
+    ``variations``: also write ``<template>_interpUp/Down`` from the ensemble members.
+    ``config``: a :class:`~fedhex_hep.config.Config` whose ``output.bins``/``output.binning``/
+    ``output.overflow`` and ``generation.ranges``/``xsec``/``lumi`` fill the arguments left None
+    (default: the model's own configuration). Refuses an existing ``output`` unless ``overwrite``. Returns the path written.
     """
-    import uproot
-    from coffea import processor
-    from coffea.nanoevents import BaseSchema
+    output = _check_output(output, overwrite, executor, int(workers))
+    model_dir = Path(model_dir).resolve()
+    config = config or _model_config(model_dir)
+    points = _as_points(points, config.label_names)
+    eff = scan_efficiency(efficiency, model_dir, points, config.feature_names, config.label_names)
+    norm = _Normalisation.check(yield_normalised, eff, xsec, lumi, points, model_dir, config)
+    ranges = {k: tuple(v) for k, v in config.generation.ranges.items()} if ranges is None else ranges
+    bins_spec = resolve_bins(model_dir, points, bins, seed, ranges, config)
+    proc = _processor(model_dir, points, n_events, bins_spec, seed, ranges, overflow or config.output.overflow, variations, batch_size)
+    chunk_points = _chunk_points(chunk_points, executor, int(workers), len(points), proc.group_size)
+    result = _run_processor(proc, executor, int(workers), scheduler, progress, chunk_points, output)
+    collected = _collect(proc, result, eff, norm)
+    meta = _scan_meta(config, model_dir, proc, collected, eff, norm, {"kind": executor, "workers": int(workers), "chunk_points": chunk_points})
+    _write_scan_file(output, proc, collected, eff, meta, overwrite)
+    log.info("wrote %d templates at %d mass points to %s", len(collected["hists"]), len(points), output)
+    return output
 
-    from fedhex_hep import __version__
-    from fedhex_hep.io.atomic import atomic_path, check_writable
-    from fedhex_hep.model.storage import ModelDirError, read_model_files
-    from fedhex_hep.processors.generation import FlowTemplateProcessor, GenerationProcessorError, point_key
+
+def _check_output(output: str | Path, overwrite: bool, executor: str, workers: int) -> Path:
+    from fedhex_hep.io.atomic import check_writable
 
     output = check_writable(Path(output), overwrite=overwrite)
     try:
-        check_executor(executor, int(workers))
+        check_executor(executor, workers)
     except ExecutorError as exc:
         raise ScanError(str(exc)) from None
-    model_dir = Path(model_dir).resolve()
+    return output
+
+
+def _model_config(model_dir: Path) -> Any:
+    from fedhex_hep.model.storage import ModelDirError, read_model_files
+
     try:
         config, _, _ = read_model_files(model_dir)
     except ModelDirError as exc:
         raise ScanError(str(exc)) from None
-    feature_names, label_names = config.feature_names, config.label_names
+    return config
+
+
+def _as_points(points: Any, label_names: Sequence[str]) -> np.ndarray:
     if isinstance(points, str):
         points = grid_points(points, n_labels=len(label_names))
     points = np.asarray(points, dtype=np.float64)
@@ -349,94 +438,191 @@ def run_scan(
         points = points[:, None]
     if points.ndim != 2 or points.shape[1] != len(label_names) or len(points) == 0:
         raise ScanError(f"points must have shape (k, {len(label_names)}) for labels {label_names}, got {points.shape}")
+    return points
 
-    eff = scan_efficiency(efficiency, model_dir, points, feature_names, label_names)
-    if yield_normalised:
-        if eff is None:
-            raise ScanError(
-                f"yield_normalised needs an efficiency: none given and none found in {model_dir} "
-                "(efficiency.json or training.json); pass efficiency=..."
-            )
-        bad = [i for i, e in enumerate(eff["points"]["eff"]) if not (np.isfinite(e) and e > 0)]
-        if bad:
-            raise ScanError(f"no usable efficiency at mass point {points[bad[0]].tolist()} (eff = {eff['points']['eff'][bad[0]]})")
 
-    bins_spec = resolve_bins(model_dir, points, bins, seed)
-    if chunk_points is None:
-        chunk_points = max(1, math.ceil(len(points) / (4 * int(workers))))
+class _Normalisation:
+    """How templates are scaled: 1, efficiency, or efficiency x acceptance x xsec x lumi / n_events."""
+
+    def __init__(self, yield_normalised: bool, xsec: float, lumi: float) -> None:
+        self.yield_normalised = yield_normalised
+        self.xsec = xsec
+        self.lumi = lumi
+
+    @classmethod
+    def check(
+        cls, yield_normalised: bool, eff: Any, xsec: float | None, lumi: float | None, points: np.ndarray, model_dir: Path, config: Any
+    ) -> "_Normalisation":
+        """Validated normalisation; xsec and lumi default to ``generation.xsec``/``lumi`` of ``config``."""
+        if yield_normalised and xsec is None and lumi is None:
+            xsec, lumi = config.generation.xsec, config.generation.lumi
+        xsec, lumi = float(xsec or 0.0), float(lumi or 0.0)
+        if xsec < 0 or lumi < 0 or (xsec > 0) != (lumi > 0):
+            raise ScanError(f"xsec and lumi must both be > 0 (or both unset), got xsec={xsec:g}, lumi={lumi:g}")
+        if xsec > 0 and not yield_normalised:
+            raise ScanError("xsec and lumi set the template yields only with yield_normalised=True (--yield-normalised)")
+        if yield_normalised:
+            if eff is None:
+                raise ScanError(
+                    f"yield_normalised needs an efficiency: none given and none found in {model_dir} "
+                    "(efficiency.json or training.json); pass efficiency=..."
+                )
+            bad = [i for i, e in enumerate(eff["points"]["eff"]) if not (np.isfinite(e) and e > 0)]
+            if bad:
+                raise ScanError(f"no usable efficiency at mass point {points[bad[0]].tolist()} (eff = {eff['points']['eff'][bad[0]]})")
+        return cls(bool(yield_normalised), xsec, lumi)
+
+    def scale(self, eff: float, acceptance: float, n_events: int) -> float:
+        """Factor on a template of ``n_events`` generated events."""
+        if not self.yield_normalised:
+            return 1.0
+        if self.xsec > 0:
+            return eff * acceptance * self.xsec * self.lumi / n_events
+        return eff
+
+    def describe(self) -> dict[str, Any]:
+        if not self.yield_normalised:
+            return {"kind": "events", "integral": "n_events"}
+        if self.xsec > 0:
+            return {"kind": "yield", "integral": "eff x acceptance x xsec x lumi", "xsec_pb": self.xsec, "lumi_inv_pb": self.lumi}
+        return {"kind": "efficiency", "integral": "n_events x eff"}
+
+
+def _processor(model_dir, points, n_events, bins_spec, seed, ranges, overflow, variations, batch_size) -> Any:
+    from fedhex_hep.processors.generation import FlowTemplateProcessor, GenerationProcessorError
+
     try:
-        proc = FlowTemplateProcessor(model_dir, points, n_events, bins_spec, seed=seed, chunk_points=chunk_points)
+        return FlowTemplateProcessor(
+            model_dir, points, n_events, bins_spec, seed=seed, ranges=ranges, overflow=overflow,
+            variations=variations, batch_size=batch_size,
+        )
     except GenerationProcessorError as exc:
         raise ScanError(str(exc)) from None
+
+
+def _chunk_points(chunk_points: int | None, executor: str, workers: int, n_points: int, group: int) -> int:
+    """Mass points per coffea chunk: whole point groups (a split group is generated twice)."""
+    if chunk_points is not None:
+        return int(chunk_points)
+    if executor == "iterative":
+        return n_points
+    groups = math.ceil(n_points / group)
+    return group * max(1, math.ceil(groups / (4 * workers)))
+
+
+def _run_processor(proc: Any, executor: str, workers: int, scheduler: str | None, progress: bool, chunk_points: int, output: Path) -> dict:
+    from coffea import processor
+    from coffea.nanoevents import BaseSchema
+
+    from fedhex_hep.processors.generation import GenerationProcessorError
 
     # The points file lives beside the output so that dask workers (which must see the output
     # folder anyway) can read it; removed when the scan ends.
     with tempfile.TemporaryDirectory(prefix=".fedhex-scan-", dir=output.parent) as scratch:
-        fileset = proc.fileset(scratch)
-        with _executor(executor, int(workers), scheduler, progress) as exe:
+        fileset = proc.fileset(scratch, chunk_points=chunk_points)
+        with _executor(executor, workers, scheduler, progress) as exe:
             runner = processor.Runner(executor=exe, schema=BaseSchema, chunksize=chunk_points)
-            result = runner(fileset, proc, treename="Points")
-
-    templates = result["templates"]
-    expected = proc.template_names()
-    missing = [name for name in expected if name not in templates]
+            try:
+                result = runner(fileset, proc, treename="Points")
+            except GenerationProcessorError as exc:
+                raise ScanError(str(exc)) from None
+    missing = [name for name in proc.template_names() if name not in result["templates"]]
     if missing:
         raise ScanError(f"scan output lacks histogram {missing[0]} ({len(missing)} missing): a chunk was lost")
+    return result
 
-    features = list(bins_spec)
-    effs = np.asarray(eff["points"]["eff"], dtype=np.float64) if eff is not None else np.full(len(points), np.nan)
-    errs = np.asarray(eff["points"]["err"], dtype=np.float64) if eff is not None else np.full(len(points), np.nan)
-    integrals = np.zeros(len(points))
-    n_generated = np.zeros(len(points), dtype=np.int64)
-    acceptance = np.array([result["acceptance"][point_key(label_names, p)] for p in points], dtype=np.float64)
-    hists: list[tuple[str, Any]] = []
-    listing = []
-    for i, point in enumerate(points):
-        n_generated[i] = result["n_generated"][point_key(label_names, point)]
-        if n_generated[i] != int(n_events):
-            raise ScanError(f"mass point {point.tolist()}: generated {n_generated[i]} events, asked for {n_events}")
-        for feature in features:
-            name = f"h_{feature}__{point_key(label_names, point)}"
-            h = templates[name]
-            if yield_normalised:
-                h = h * float(effs[i])  # Weight storage: variances scale by eff^2
-            integral = float(h.sum(flow=True).value)
-            integrals[i] = integral
-            h.name = name
-            hists.append((name, h))
-            listing.append({"name": name, "feature": feature, "point": dict(zip(label_names, map(float, point))), "integral": integral})
 
-    edges = {f: proc.empty_histogram(f).axes[0].edges.tolist() for f in features}
-    meta = {
+def _collect(proc: Any, result: dict, eff: Any, norm: _Normalisation) -> dict[str, Any]:
+    """Scaled (and, with ``fold``, folded) templates and the per-point table of the ``scan`` tree."""
+    from fedhex_hep.binning import fold_flow, outside_fraction
+
+    k = len(proc.points)
+    keys = [point_key(proc.label_names, p) for p in proc.points]
+    table = {
+        "n_events": np.array([result["n_generated"][key] for key in keys], dtype=np.int64),
+        "integral": np.zeros(k),
+        "eff": np.asarray(eff["points"]["eff"], dtype=np.float64) if eff is not None else np.full(k, np.nan),
+        "eff_err": np.asarray(eff["points"]["err"], dtype=np.float64) if eff is not None else np.full(k, np.nan),
+        "acceptance": np.array([result["acceptance"][key] for key in keys], dtype=np.float64),
+        "outside": np.zeros(k),
+    }
+    hists, listing = [], []
+    for i, point in enumerate(proc.points):
+        if table["n_events"][i] != proc.n_events:
+            raise ScanError(f"mass point {point.tolist()}: generated {table['n_events'][i]} events, asked for {proc.n_events}")
+        scale = norm.scale(float(table["eff"][i]), float(table["acceptance"][i]), proc.n_events)
+        where = dict(zip(proc.label_names, map(float, point)))
+        for feature in proc.bins:
+            nominal = hist_name(feature, proc.label_names, point)
+            names = [nominal] + ([variation_name(nominal, proc.syst, d) for d in ("Up", "Down")] if proc.variations else [])
+            for name in names:
+                h = result["templates"][name]
+                fraction = outside_fraction(h) if proc.overflow == "fold" else 1.0 - float(table["acceptance"][i])
+                if proc.overflow == "fold":
+                    h = fold_flow(h)
+                if scale != 1.0:
+                    h = h * scale  # Weight storage: variances scale by scale^2
+                h.name = name
+                hists.append((name, h))
+                integral = float(h.sum(flow=True).value)
+                if name == nominal:
+                    table["integral"][i] = integral
+                    table["outside"][i] = max(table["outside"][i], fraction)
+                listing.append({"name": name, "feature": feature, "point": where, "integral": integral, "outside": fraction})
+    return {"hists": hists, "listing": listing, "table": table}
+
+
+def _scan_meta(config, model_dir, proc, collected, eff, norm, executor) -> dict[str, Any]:
+    from fedhex_hep import __version__
+
+    return {
         "config": config.to_dict(),
         "version": __version__,
         "model_path": str(model_dir),
-        "seed": int(seed),
-        "n_events": int(n_events),
-        "yield_normalised": bool(yield_normalised),
-        "feature_names": list(feature_names),
-        "label_names": list(label_names),
-        "binning": edges,
+        "seed": int(proc.seed),
+        "n_events": int(proc.n_events),
+        "yield_normalised": bool(norm.yield_normalised),
+        "normalisation": norm.describe(),
+        "feature_names": list(config.feature_names),
+        "label_names": list(config.label_names),
+        "binning": {f: proc.empty_histogram(f).axes[0].edges.tolist() for f in proc.bins},
+        "ranges": {f: list(v) for f, v in proc.user_ranges.items()},
+        "overflow": {
+            "policy": proc.overflow,
+            "meaning": OVERFLOW_MEANING[proc.overflow],
+            "fraction": {e["name"]: e["outside"] for e in collected["listing"]},
+        },
+        "variations": {"syst": proc.syst, "members": _n_members(model_dir)} if proc.variations else None,
         "naming": SCAN_NAMING,
-        "histograms": listing,
+        "histograms": collected["listing"],
         "efficiency": eff,
-        "executor": {"kind": executor, "workers": int(workers), "chunk_points": int(chunk_points)},
+        "executor": executor,
     }
+
+
+def _n_members(model_dir: Path) -> int:
+    return int(_model_config(model_dir).model.ensemble)
+
+
+def _write_scan_file(output: Path, proc: Any, collected: dict, eff: Any, meta: dict, overwrite: bool) -> None:
+    """All templates, the ``scan`` and ``efficiency`` trees and ``meta/`` in one pass over one file."""
+    import uproot
+
+    from fedhex_hep.io.atomic import atomic_path
+
+    points, label_names = proc.points, proc.label_names
+    labels = {name: np.ascontiguousarray(points[:, j]) for j, name in enumerate(label_names)}
     with atomic_path(output, overwrite=overwrite) as tmp:
         with uproot.recreate(tmp) as out:
-            for name, h in hists:
+            for name, h in collected["hists"]:
                 out[name] = h
-            scan = {"point_index": np.arange(len(points), dtype=np.int64)}
-            scan.update({name: np.ascontiguousarray(points[:, j]) for j, name in enumerate(label_names)})
-            scan.update(
-                {"n_events": n_generated, "integral": integrals, "eff": effs, "eff_err": errs, "acceptance": acceptance}
-            )
+            scan = {"point_index": np.arange(len(points), dtype=np.int64), **labels, **collected["table"]}
             out.mktree("scan", {k: v.dtype for k, v in scan.items()}, title="fedhex-hep mass scan: one entry per mass point")
             out["scan"].extend(scan)
             if eff is not None:
-                branches = {name: np.ascontiguousarray(points[:, j]) for j, name in enumerate(label_names)}
-                branches["eff"] = effs
-                branches["eff_err"] = errs
+                branches = dict(labels)
+                branches["eff"] = collected["table"]["eff"]
+                branches["eff_err"] = collected["table"]["eff_err"]
                 branches["interpolated"] = np.asarray(eff["points"]["interpolated"], dtype=np.int32)
                 branches["in_range"] = np.asarray(eff["points"]["in_range"], dtype=np.int32)
                 out.mktree("efficiency", {k: v.dtype for k, v in branches.items()}, title="selection efficiency at the scan points")
@@ -444,8 +630,6 @@ def run_scan(
             out.mkdir("meta")
             for key, value in meta.items():
                 out[f"meta/{key}"] = value if isinstance(value, str) else json.dumps(value, default=_jsonable)
-    log.info("wrote %d templates at %d mass points to %s", len(hists), len(points), output)
-    return output
 
 
 def _jsonable(x: Any) -> Any:

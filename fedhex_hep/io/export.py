@@ -32,10 +32,12 @@ the sample folders (``Phi_1870_omega_9p025``). A fit tool addresses a template b
 a CMS combine shapes line ``shapes sig * gen.root h_phi__labelphi_$MASS__labelomega_9p025``.
 
 Histograms use Weight storage (sum of weights and of squared weights), so ROOT gets correct
-bin errors (Sumw2). Every mass point uses the same bin edges per feature: from ``bins``
-(an int, or per feature an int or explicit edges) or automatically ``bins`` equal bins
-spanning the 0.1-99.9% quantiles of that feature over all events; under/overflow bins keep
-the events outside.
+bin errors (Sumw2). Every mass point uses the same bin edges per feature: from ``bins`` (an
+int, or per feature an int, ``(n, lo, hi)``, explicit edges, ``"n:lo:hi"`` or an edges file,
+see :mod:`fedhex_hep.binning`) or automatically ``bins`` equal bins spanning the 0.1-99.9%
+quantiles of that feature over all events. Events outside the edges: ``overflow="keep"``
+(under/overflow bins; a warning gives the fraction), ``"fold"`` (into the edge bins) or
+``"drop"``; ``meta/overflow`` holds the policy and each histogram's fraction outside.
 
 Parquet (``export_parquet``): the events file is a FeatureSet parquet (``FeatureSet.load``
 reads it back) whose metadata carries ``export`` (binning, efficiency, naming, extra); the
@@ -62,8 +64,9 @@ import numpy as np
 
 from fedhex_hep.io.atomic import OutputError, atomic_path, check_writable
 from fedhex_hep.io.featureset import FeatureSet
-from fedhex_hep.validation.metrics import quantile_edges
+from fedhex_hep.binning import BinningError, apply_overflow, edges_from_spec, make_axis, quantile_edges
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.naming import HIST_NAMING, format_value, hist2d_name, hist_name, point_tag, point_title
 
 __all__ = [
     "ExportError",
@@ -81,11 +84,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HIST_NAMING = (
-    "h_<feature>__<label1>_<v1>__<label2>_<v2> (TH1D); "
-    "h2_<featureX>_vs_<featureY>__<label1>_<v1>__<label2>_<v2> (TH2D); "
-    "values: shortest decimal, '.'->'p', '-'->'m' (1870, 9p025)"
-)
 
 # events per TTree.extend call: large chunks make few, large baskets (fast to read back)
 _TREE_CHUNK = 1_000_000
@@ -95,43 +93,7 @@ class ExportError(FedhexError, ValueError):
     """Bad export input (empty FeatureSet, bad binning); the message names the feature or key."""
 
 
-# -- names -----------------------------------------------------------------------------------
-def format_value(value: float) -> str:
-    """Mass value for names: ``1870.0`` -> ``1870``, ``9.025`` -> ``9p025``, ``-1.5`` -> ``m1p5``."""
-    value = float(value)
-    if not math.isfinite(value):
-        raise ExportError(f"label value {value} is not finite")
-    text = np.format_float_positional(value, trim="-")
-    return text.replace("-", "m").replace(".", "p")
-
-
-def point_tag(label_names: Sequence[str], point: Sequence[float]) -> str:
-    """``labelphi_1870__labelomega_9p025`` for the mass point ``point``."""
-    return "__".join(f"{name}_{format_value(v)}" for name, v in zip(label_names, point))
-
-
-def hist_name(feature: str, label_names: Sequence[str], point: Sequence[float]) -> str:
-    """Name of the TH1D of ``feature`` at ``point``: ``h_<feature>__<label>_<v>...``."""
-    return f"h_{feature}__{point_tag(label_names, point)}"
-
-
-def hist2d_name(feature_x: str, feature_y: str, label_names: Sequence[str], point: Sequence[float]) -> str:
-    """Name of the TH2D of (``feature_x``, ``feature_y``) at ``point``."""
-    return f"h2_{feature_x}_vs_{feature_y}__{point_tag(label_names, point)}"
-
-
-def _point_title(label_names: Sequence[str], point: Sequence[float]) -> str:
-    return ", ".join(f"{n} = {float(v):g} GeV" for n, v in zip(label_names, point))
-
-
 # -- binning ---------------------------------------------------------------------------------
-def _auto_edges(values: np.ndarray, n: int, feature: str, lo_q: float = 0.001, hi_q: float = 0.999) -> np.ndarray:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        raise ExportError(f"feature {feature!r} has no finite values to choose a binning from")
-    return quantile_edges(values, n, lo_q, hi_q)
-
-
 def resolve_binning(
     featureset: FeatureSet | Sequence[FeatureSet], bins: int | Mapping[str, Any] = 40
 ) -> dict[str, np.ndarray]:
@@ -155,30 +117,26 @@ def resolve_binning(
         spec = {name: int(bins) for name in names}
     else:
         raise ExportError(f"bins must be an int or a mapping feature -> int or edges, got {type(bins).__name__}")
-    edges: dict[str, np.ndarray] = {}
-    for name, value in spec.items():
-        if np.ndim(value) == 0:
-            n = int(value)
-            if n < 1 or n != value:
-                raise ExportError(f"bins for feature {name!r} must be a positive integer, got {value!r}")
-            values = np.concatenate([s.column(name) for s in sets])
-            edges[name] = _auto_edges(values, n, name)
-        else:
-            arr = np.asarray(value, dtype=np.float64)
-            if arr.ndim != 1 or arr.size < 2 or not np.all(np.isfinite(arr)) or np.any(np.diff(arr) <= 0):
-                raise ExportError(f"bin edges for feature {name!r} must be a strictly increasing list of >= 2 numbers")
-            edges[name] = arr
-    return edges
+    try:
+        return {name: _feature_edges(sets, name, value) for name, value in spec.items()}
+    except BinningError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _feature_edges(sets: Sequence[FeatureSet], name: str, value: Any) -> np.ndarray:
+    """Edges of one feature: automatic for a bin count, else :func:`fedhex_hep.binning.edges_from_spec`."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value < 1:
+            raise ExportError(f"bins for feature {name!r} must be a positive integer, got {value!r}")
+        values = np.concatenate([s.column(name) for s in sets])
+        return quantile_edges(values, int(value), 0.001, 0.999, what=f"feature {name!r}")
+    if np.ndim(value) == 0 and not isinstance(value, str):
+        raise ExportError(f"bins for feature {name!r} must be a positive integer, got {value!r}")
+    return edges_from_spec(value, name)
 
 
 def _axis(name: str, edges: np.ndarray):
-    import hist
-
-    label = f"{name} [GeV]"
-    widths = np.diff(edges)
-    if np.allclose(widths, widths[0], rtol=1e-9, atol=0):
-        return hist.axis.Regular(len(widths), float(edges[0]), float(edges[-1]), name=name, label=label)
-    return hist.axis.Variable(edges, name=name, label=label)
+    return make_axis(name, edges)
 
 
 # -- histograms ------------------------------------------------------------------------------
@@ -213,7 +171,7 @@ def build_histograms(featureset: FeatureSet, edges: Mapping[str, np.ndarray]) ->
     entries: list[HistEntry] = []
     for point, idx in _point_groups(featureset):
         where = dict(zip(labels, map(float, point)))
-        title = _point_title(labels, point)
+        title = point_title(labels, point)
         w = weights[idx]
         for name in feats:
             h = hist.Hist(_axis(name, edges[name]), storage=hist.storage.Weight(), name=f"{name} at {title}")
@@ -242,8 +200,6 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
     or ``efficiency``/``cutflow`` in ``<model_path>/training.json`` are used. Returns ``{"model": dict | None, "table":
     dict | None, "points": {label_names, points, eff, err, interpolated, in_range}}``.
     """
-    from fedhex_hep.generation.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
-
     source = efficiency
     where = "efficiency argument"
     if source is None:
@@ -256,12 +212,32 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
     if source is None:
         return None
     label_names = featureset.label_names
+    model, table = _efficiency_objects(source, where, label_names)
+    points = featureset.label_points()
+    eff, err, interpolated, in_range = _efficiency_at(model, table, points)
+    return {
+        "model": model.to_dict() if model is not None else None,
+        "table": table.to_dict() if table is not None else None,
+        "points": {
+            "label_names": list(label_names),
+            "points": points.tolist(),
+            "eff": [float(x) for x in eff],
+            "err": [float(x) for x in err],
+            "interpolated": interpolated.tolist(),
+            "in_range": in_range.tolist(),
+        },
+    }
+
+
+def _efficiency_objects(source: Any, where: str, label_names: Sequence[str]) -> tuple[Any, Any]:
+    """(EfficiencyModel | None, EfficiencyTable | None) from any accepted efficiency source."""
+    from fedhex_hep.generation.efficiency import EfficiencyError, EfficiencyModel, EfficiencyTable, selection_efficiency
+
     model: EfficiencyModel | None = None
     table: EfficiencyTable | None = None
     try:
         if isinstance(source, EfficiencyModel):
-            model = source
-            table = source.table
+            model, table = source, source.table
         elif isinstance(source, EfficiencyTable):
             table = source
         elif isinstance(source, Mapping) and "coef" in source:
@@ -281,8 +257,13 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
             log.warning("no efficiency interpolation model (%s); storing measured efficiencies only", exc)
     if table is not None and list(table.label_names) != list(label_names):
         raise ExportError(f"{where}: efficiency labels {table.label_names} differ from the FeatureSet's {label_names}")
+    return model, table
 
-    points = featureset.label_points()
+
+def _efficiency_at(model: Any, table: Any, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """eff, err, interpolated (0: measured), in_range at ``points``: measured where the table has the point."""
+    from fedhex_hep.generation.efficiency import EfficiencyError
+
     eff, err = np.full(len(points), np.nan), np.full(len(points), np.nan)
     if model is not None:
         try:
@@ -299,18 +280,7 @@ def resolve_efficiency(featureset: FeatureSet, efficiency: Any = None) -> dict[s
     in_range = 1 - interpolated
     if model is not None and model.lo is not None and len(model.lo) == points.shape[1]:
         in_range = model.in_range(points).astype(np.int32)
-    return {
-        "model": model.to_dict() if model is not None else None,
-        "table": table.to_dict() if table is not None else None,
-        "points": {
-            "label_names": list(label_names),
-            "points": points.tolist(),
-            "eff": [float(x) for x in eff],
-            "err": [float(x) for x in err],
-            "interpolated": interpolated.tolist(),
-            "in_range": in_range.tolist(),
-        },
-    }
+    return eff, err, interpolated, in_range
 
 
 def _efficiency_from_model_dir(model_dir: Path) -> tuple[Any, str]:
@@ -345,7 +315,27 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, default=default, sort_keys=False)
 
 
-def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | None, efficiency: Any):
+def _apply_overflow(hists: list[HistEntry], policy: str) -> dict[str, Any]:
+    """Apply the overflow policy to every histogram (in place); the fractions outside, for ``meta/overflow``."""
+    fractions = {}
+    for entry in hists:
+        try:
+            entry.hist, fractions[entry.name] = apply_overflow(entry.hist, policy)
+        except BinningError as exc:
+            raise ExportError(str(exc)) from None
+    meaning = {
+        "keep": "events outside the edges are in the under/overflow bins (a combine fit ignores them)",
+        "fold": "events outside the edges are added to the first/last bin",
+        "drop": "events outside the edges are not in the histogram",
+    }[policy]
+    worst = max(fractions.values(), default=0.0)
+    if policy == "keep" and worst > 0:
+        log.warning("up to %.3g%% of a histogram's events lie outside its edges, kept in under/overflow "
+                    "(a combine fit ignores them); overflow='fold' or 'drop' makes the choice", 100 * worst)
+    return {"policy": policy, "meaning": meaning, "fraction": fractions}
+
+
+def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | None, efficiency: Any, overflow: str = "keep"):
     from fedhex_hep import __version__
 
     if not isinstance(featureset, FeatureSet):
@@ -356,6 +346,7 @@ def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | 
         raise ExportError("extra_meta must be a mapping of name -> JSON-serialisable value")
     edges = resolve_binning(featureset, bins)
     hists = build_histograms(featureset, edges)
+    overflow_meta = _apply_overflow(hists, overflow)
     eff = resolve_efficiency(featureset, efficiency)
     md = featureset.metadata
     meta = {
@@ -373,6 +364,7 @@ def _prepare(featureset: FeatureSet, bins: Any, extra_meta: Mapping[str, Any] | 
             for e in hists
         ],
         "naming": HIST_NAMING,
+        "overflow": overflow_meta,
         "efficiency": eff,
         "metadata": {k: v for k, v in md.items() if k not in ("config", "efficiency")},
         "extra": dict(extra_meta or {}),
@@ -436,16 +428,19 @@ def export_root(
     overwrite: bool = False,
     extra_meta: Mapping[str, Any] | None = None,
     efficiency: Any = None,
+    overflow: str = "keep",
 ) -> Path:
     """Write ``featureset`` as a ROOT file (layout in the module docstring); returns the path.
 
     ``bins``: see :func:`resolve_binning`. ``efficiency``: see :func:`resolve_efficiency`.
+    ``overflow``: ``keep`` (under/overflow bins hold the events outside), ``fold`` (added to the
+    edge bins) or ``drop``; the fraction outside is in ``meta/overflow`` either way.
     Raises :class:`~fedhex_hep.io.atomic.OutputError` when the file exists (and not ``overwrite``)
     or cannot be written (read-only folder, full disk: no partial file is left behind).
     """
     path = Path(path)
     check_writable(path, overwrite=overwrite)  # refuse before any work is done
-    _, hists, eff, meta = _prepare(featureset, bins, extra_meta, efficiency)
+    _, hists, eff, meta = _prepare(featureset, bins, extra_meta, efficiency, overflow)
     with atomic_path(path, overwrite=overwrite) as tmp:
         _write_root(tmp, featureset, hists, eff, meta)
     log.info("wrote %s: %d events, %d histograms", path, len(featureset), len(hists))
@@ -498,6 +493,7 @@ def export_parquet(
     overwrite: bool = False,
     extra_meta: Mapping[str, Any] | None = None,
     efficiency: Any = None,
+    overflow: str = "keep",
 ) -> Path:
     """Write the events as a FeatureSet parquet at ``path`` and the histograms beside it.
 
@@ -513,7 +509,7 @@ def export_parquet(
         raise ExportError(f"{path}: the events file name must not end with .hists.parquet")
     check_writable(path, overwrite=overwrite)
     check_writable(side, overwrite=overwrite)
-    _, hists, _, meta = _prepare(featureset, bins, extra_meta, efficiency)
+    _, hists, _, meta = _prepare(featureset, bins, extra_meta, efficiency, overflow)
     table = _hist_table(featureset, hists)
     export_md = {k: v for k, v in meta.items() if k not in ("config", "metadata")}
     md = dict(featureset.metadata)

@@ -152,12 +152,12 @@ _PAIR_RE = re.compile(rf"({_NAME})_({_VALUE})(?:_|$)")
 
 
 def _encode_value(value: float) -> str:
-    if not math.isfinite(float(value)):
-        raise SampleError(f"mass point value {value!r} is not a finite number")
-    text = _fmt_number(value)
-    if "e" in text.lower():  # format_float_positional never does this, but guard the contract
-        raise SampleError(f"mass point value {value!r} cannot be written as a folder name")
-    return text.replace("-", "m").replace(".", "p")
+    from fedhex_hep.naming import NamingError, format_value
+
+    try:
+        return format_value(value)
+    except NamingError:
+        raise SampleError(f"mass point value {value!r} is not a finite number") from None
 
 
 def point_dirname(**values: float) -> str:

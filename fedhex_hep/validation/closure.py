@@ -49,6 +49,7 @@ from fedhex_hep.validation import metrics
 from fedhex_hep.io.atomic import atomic_path, atomic_write_text
 from fedhex_hep.io.featureset import FeatureSet
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.naming import point_label, point_short
 
 __all__ = [
     "ValidationError",
@@ -89,11 +90,7 @@ class ValidationError(FedhexError, ValueError):
 
 
 def _fmt_point(point: Sequence[float], names: Sequence[str]) -> str:
-    return ", ".join(f"{n}={v:g}" for n, v in zip(names, point))
-
-
-def _point_key(point: Sequence[float]) -> str:
-    return "_".join(f"{v:g}" for v in point)
+    return point_label(names, point)
 
 
 def interior_points(grid: np.ndarray) -> np.ndarray:
@@ -339,7 +336,7 @@ def validate(
     references: dict[str, np.ndarray] = {}
     ref_source: dict[str, str] = {}
     for p in held:
-        key = _point_key(p)
+        key = point_short(p)
         if reference is not None and reference.mask_label(p).any():
             references[key], ref_source[key] = reference.at_label(p).features, "independent reference MC"
         elif mc.mask_label(p).any():
@@ -371,21 +368,21 @@ def validate(
             noise = [None] * len(group)
         n_half = {}
         for p in group:
-            key = _point_key(p)
+            key = point_short(p)
             n_half[key] = len(references[key]) // 2
             if max_events:
                 n_half[key] = min(n_half[key], int(max_events))
-        flow_samples: dict[str, list[np.ndarray]] = {_point_key(p): [] for p in group}
+        flow_samples: dict[str, list[np.ndarray]] = {point_short(p): [] for p in group}
         for seed in seeds:
             cfg = config.with_overrides({"training.seed": seed})
             model_dir = outdir / "models" / f"group{g}-seed{seed}"
             model = train_fn(train_mc, cfg, model_dir)
             for i, p in enumerate(group):
-                key = _point_key(p)
+                key = point_short(p)
                 n_gen = max(int(flow_events), n_half[key])
                 flow_samples[key].append(np.asarray(generate_fn(model, p, n_gen, 1000 * seed + i), dtype=np.float64))
         for i, p in enumerate(group):
-            key = _point_key(p)
+            key = point_short(p)
             ref = references[key]
             if max_events and len(ref) > 2 * max_events:
                 ref = ref[np.random.default_rng(11).permutation(len(ref))[: 2 * max_events]]
@@ -445,7 +442,7 @@ def validate(
                 **{name: candidates[name] for name in interps if name in candidates},
             }
 
-    ordered = [results[_point_key(p)] for p in held]
+    ordered = [results[point_short(p)] for p in held]
     report: dict[str, Any] = {
         "version": __version__,
         "config": config.to_dict() if hasattr(config, "to_dict") else {},

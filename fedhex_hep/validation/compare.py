@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.io.atomic import OutputError, atomic_write_text, check_writable, output_lock
-from fedhex_hep.io.export import point_tag
+from fedhex_hep.naming import point_tag, point_title
 from fedhex_hep.io.featureset import FeatureSet
 from fedhex_hep.errors import FedhexError
 
@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 
 class CompareError(FedhexError, ValueError):
     """Inputs that cannot be compared (different features or labels); the message says which."""
-
-
-def _title(label_names: Sequence[str], point: Sequence[float], units: Mapping[str, str] | None = None) -> str:
-    units = units or {}
-    return ", ".join(f"{n} = {float(v):g} {units.get(n, '')}".rstrip() for n, v in zip(label_names, point))
 
 
 def _axis_label(name: str, units: Mapping[str, str]) -> str:
@@ -59,24 +54,16 @@ def _unless_unit(weights: np.ndarray) -> np.ndarray | None:
 
 
 def core_edges(ref: np.ndarray, bins: int = 40, width: float = 6.0) -> np.ndarray:
-    """``bins`` equal bins over the core of the reference (MC) sample, GeV.
+    """``bins`` equal bins over the core of the reference (MC) sample, GeV (:func:`fedhex_hep.binning.core_edges`).
 
-    Range: median +- ``width`` robust standard deviations (IQR / 1.349), clipped to the
-    reference's 0.5-99.5% quantiles. Long low-side tails (mis-pairing, acceptance) would
-    otherwise squeeze the peak into a few bins; the fraction of events outside the range is
-    reported separately (``outside_generated`` / ``outside_mc``).
+    The fraction of events outside the range is reported separately (``outside_generated`` / ``outside_mc``).
     """
+    from fedhex_hep.binning import core_edges as edges
+
     ref = np.asarray(ref, dtype=np.float64)
-    ref = ref[np.isfinite(ref)]
-    if ref.size == 0:
+    if not np.isfinite(ref).any():
         raise CompareError("cannot choose a binning from an empty MC sample")
-    q_lo, q25, med, q75, q_hi = np.quantile(ref, [0.005, 0.25, 0.5, 0.75, 0.995])
-    sigma = (q75 - q25) / 1.349
-    lo, hi = max(q_lo, med - width * sigma), min(q_hi, med + width * sigma)
-    if not hi > lo:
-        half = max(abs(med) * 1e-6, 1e-12)
-        lo, hi = med - half, med + half
-    return np.linspace(lo, hi, int(bins) + 1)
+    return edges(ref, bins, width, what="MC sample")
 
 
 def _edges(feature: str, mc_values: np.ndarray, bins: int | Mapping[str, Any]) -> np.ndarray:
@@ -182,7 +169,7 @@ def _plot_point(g: FeatureSet, m: FeatureSet, point: np.ndarray, per_feature: Ma
     from fedhex_hep.validation.plotting import plot_2d_side_by_side, plot_overlay, save_figure
 
     features, labels, units, bins = m.feature_names, m.label_names, options["units"], options["bins"]
-    tag, title = point_tag(labels, point), _title(labels, point, units)
+    tag, title = point_tag(labels, point), point_title(labels, point, units or {})
     formats, overwrite = options["formats"], options["overwrite"]
     plots: list[Path] = []
     for f in features:

@@ -161,19 +161,13 @@ def ks_test(a: Any, b: Any) -> KSResult:
 
 
 def quantile_edges(ref: Any, bins: int = 40, lo: float = 0.005, hi: float = 0.995) -> np.ndarray:
-    """``bins`` equal-width bins spanning the reference's ``lo``-``hi`` quantiles.
+    """``bins`` equal-width bins spanning the reference's ``lo``-``hi`` quantiles (:func:`fedhex_hep.binning.quantile_edges`)."""
+    from fedhex_hep.binning import quantile_edges as edges
 
-    Spanning the bulk (not min/max) keeps single far-tail events from stretching the binning.
-    """
     ref = _as_1d(ref, "reference")
     if bins < 1:
         raise MetricsError(f"number of bins must be >= 1, got {bins}")
-    q_lo, q_hi = np.quantile(ref, [lo, hi])
-    if not q_hi > q_lo:
-        # degenerate reference (constant): widen around the value so the histogram exists
-        half = max(abs(q_lo) * 1e-6, 1e-12)
-        q_lo, q_hi = q_lo - half, q_hi + half
-    return np.linspace(q_lo, q_hi, bins + 1)
+    return edges(ref, bins, lo, hi, what="reference")
 
 
 # ---------------------------------------------------------------------------------------------

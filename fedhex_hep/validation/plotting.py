@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fedhex_hep.binning import plane_edges
+
 from fedhex_hep.io.atomic import atomic_path
 from fedhex_hep.errors import FedhexError
 
@@ -179,17 +181,6 @@ def plot_overlay(
     return fig
 
 
-def _edges_for_plane(values: np.ndarray, n: int) -> np.ndarray:
-    lo, hi = np.quantile(values, [0.01, 0.999])  # 1%: keep sparse low-side tails from dominating
-    if lo > 0 and hi / lo > 5:
-        # a grid over an order of magnitude: log bins, with a margin so edge points show whole
-        return np.geomspace(lo / 1.15, hi * 1.15, n + 1)
-    if not hi > lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = 0.05 * (hi - lo)
-    return np.linspace(lo - pad, hi + pad, n + 1)
-
-
 def _plain_log_ticks(axis: Any) -> None:
     """Tick labels like 2, 5, 10 on a log axis (not 2x10^0)."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -265,8 +256,8 @@ def plot_label_plane(
 
     mc_features = np.asarray(mc_features, dtype=np.float64)
     both = mc_features if gen_features is None else np.vstack([mc_features, gen_features])
-    ex = _edges_for_plane(both[:, 0], bins)
-    ey = _edges_for_plane(both[:, 1], bins)
+    ex = plane_edges(both[:, 0], bins)
+    ey = plane_edges(both[:, 1], bins)
     sets = [("MC", mc_features, mc_points, "x")]
     if gen_features is not None and len(gen_features):
         sets.append(("Generated (flow)", np.asarray(gen_features, dtype=np.float64), gen_points, "*"))
