@@ -97,6 +97,25 @@ def test_overflow_fold_and_drop_keep_track_of_the_events():
     assert dropped.values(flow=True).tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
+def test_export_cli_bins_and_overflow_policy(tmp_path):
+    import uproot
+
+    from fedhex_hep.io.featureset import FeatureSet
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal([1000.0, 5.0], [100.0, 1.0], size=(2000, 2))
+    fs = FeatureSet.from_numpy(feats, np.tile([1000.0, 5.0], (2000, 1)), FEATURES, LABELS)
+    path = fs.save(tmp_path / "f.parquet")
+    _cli("export", str(path), "--bins", "x=900,1000,1100", "--bins", "y=4:4:6", "--overflow", "fold", "-o", str(tmp_path / "f.root"))
+    with uproot.open(tmp_path / "f.root") as f:
+        h = f[hist_name("x", LABELS, [1000.0, 5.0])]
+        overflow = json.loads(f["meta/overflow"])
+    assert h.axis().edges().tolist() == [900.0, 1000.0, 1100.0]
+    assert h.values(flow=True)[0] == 0 and h.values().sum() == 2000
+    outside = np.mean((feats[:, 0] < 900) | (feats[:, 0] >= 1100))
+    assert overflow["policy"] == "fold" and overflow["fraction"][h.name] == pytest.approx(outside)
+
+
 # -- coverage of the band ------------------------------------------------------------------------
 def test_band_coverage_on_a_constructed_case():
     nominal = np.array([1.0, 10.0, 40.0, 100.0, 40.0, 10.0, 1.0])

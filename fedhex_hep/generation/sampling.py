@@ -75,9 +75,10 @@ def _check_ranges(model: TrainedModel, ranges: Mapping[str, Sequence[float]] | N
 
 def rows_per_draw(n_events: int, batch_size: int, cut: bool) -> int:
     """Rows drawn for one point per sampler call: all ``n_events`` (plus a margin when cutting), at most ``batch_size``."""
-    # With ranges a part of each draw is rejected: draw a margin more, and at least enough rows
-    # to measure a small acceptance on the first draw.
-    wanted = int(n_events) if not cut else max(int(1.1 * n_events) + 64, 10000)
+    # With ranges a part of each draw is rejected: draw a margin more (2% + 4 sigma of the count:
+    # one draw fills an acceptance >= ~98%, the common case of a binning around the bulk), and at
+    # least enough rows to measure a small acceptance on the first draw.
+    wanted = int(n_events) if not cut else max(int(1.02 * n_events + 4 * math.sqrt(n_events)) + 64, 10000)
     return max(1, min(int(batch_size), wanted))
 
 
