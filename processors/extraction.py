@@ -43,6 +43,7 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
+from fedhex_hep.config import RESERVED_NAMES, ConfigError
 from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "point_key", "file_id", "resolve_branch"]
@@ -251,9 +252,9 @@ class FeatureProcessor(processor.ProcessorABC):
         ranges: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         if not features:
-            raise ValueError("FeatureProcessor needs at least one feature")
+            raise ConfigError("FeatureProcessor needs at least one feature")
         if schema not in SCHEMAS:
-            raise ValueError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
+            raise ConfigError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
         self.features = {str(k): str(v) for k, v in features.items()}
         self.labels = {str(k): str(v) for k, v in labels.items()}
         self.selection = selection.strip()
@@ -262,8 +263,12 @@ class FeatureProcessor(processor.ProcessorABC):
         self.bins = int(bins)
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (ranges or {}).items()}
         names = [*self.features, *self.labels]
-        if len(set(names)) != len(names) or "weight" in names:
-            raise ValueError("feature and label names must be distinct and not 'weight'")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"feature and label names must be distinct, got {names}")
+        reserved = [n for n in names if n in RESERVED_NAMES]
+        if reserved:
+            # the processor writes these columns itself: a user column would be overwritten silently
+            raise ConfigError(f"column name {reserved[0]!r} is reserved ({', '.join(RESERVED_NAMES)})")
         # Compile now: a bad expression fails at construction, before any file is opened.
         self._compiled()
 

@@ -22,6 +22,7 @@ naming the file and the reason: an :class:`ExtractionError`, or -- with
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
 import logging
@@ -73,7 +74,9 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
             present = set(tree.keys(recursive=True))
             for name in branches:
                 if name not in present:
-                    return f"branch {name!r} is missing from tree {treename!r}", 0, b""
+                    close = difflib.get_close_matches(name, sorted(present), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    return f"branch {name!r} is missing from tree {treename!r}{hint}", 0, b""
             if size is not None:
                 for name in branches:
                     branch = tree[name]
@@ -137,7 +140,7 @@ def run_processor(
     from coffea import processor
     from coffea.nanoevents import BaseSchema, NanoAODSchema
 
-    check_executor(executor, workers)
+    check_executor(executor, workers, scheduler)
     schema_cls = NanoAODSchema if schema == "nanoaod" else BaseSchema
     client = None
     with contextlib.ExitStack() as stack:
@@ -230,65 +233,121 @@ def extract(
     ``processor`` replaces the ``FeatureProcessor`` built from ``config.input`` (e.g. a
     subclass); it must produce the same output layout.
     """
-    import fedhex_hep
-    from fedhex_hep.io.featureset import FeatureSet
-    from fedhex_hep.io.fileset import build_fileset, fileset_files
-    from fedhex_hep.processors.extraction import FeatureProcessor, file_id, group_rows
+    from fedhex_hep.io.fileset import build_fileset
+    from fedhex_hep.processors.extraction import FeatureProcessor, group_rows
 
     inp = config.input
-    check_executor(executor, workers)
+    check_executor(executor, workers, scheduler)
     proc = processor if processor is not None else FeatureProcessor.from_config(inp, bins=config.output.bins)
 
-    skipped: list[dict[str, str]] = []
     empty: list[dict[str, str]] = []
     fileset = build_fileset(inp.paths, inp.treename, inp.max_depth, skipped=empty)
-
-    def reject(path: str, reason: str) -> None:
-        message = f"{path}: {reason}"
-        if not inp.skip_bad_files:
-            raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
-        warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=3)
-        log.warning("skipping %s", message)
-        skipped.append({"file": path, "reason": reason})
-
+    rejector = _Rejector(inp.skip_bad_files)
     for item in empty:
-        reject(item["file"], item["reason"])
+        rejector(item["file"], item["reason"])
+    entries, known_meta = _precheck_files(fileset, proc, rejector)
+    run = dict(executor=executor, workers=workers, scheduler=scheduler, progress=progress)
+    out, fileset = _run_dropping_bad_files(fileset, proc, inp, run, known_meta, entries, rejector)
+    fs = _assemble(out, proc, fileset, entries, config, executor, rejector.skipped)
+    fs = _apply_policies(fs, inp)
+    log.info(
+        "extracted %d events at %d label points from %d files (%d skipped)",
+        len(fs),
+        len(group_rows(fs.labels)[0]),
+        len(fs.metadata["files"]),
+        len(rejector.skipped),
+    )
+    return fs
 
-    # Pre-check every file: names the bad file and reason before coffea starts.
+
+class _Rejector:
+    """Reports a bad input file: an ExtractionError, or (skip_bad_files) a warning and a record."""
+
+    def __init__(self, skip_bad_files: bool) -> None:
+        self.skip_bad_files = skip_bad_files
+        self.skipped: list[dict[str, str]] = []
+
+    def __call__(self, path: str, reason: str) -> None:
+        message = f"{path}: {reason}"
+        if not self.skip_bad_files:
+            raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
+        warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=4)
+        log.warning("skipping %s", message)
+        self.skipped.append({"file": path, "reason": reason})
+
+
+_MISSING_BRANCH = re.compile(r"^branch '([^']+)' is missing")
+
+
+def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejector) -> tuple[dict[str, int], dict[Any, Any]]:
+    """Check every file before coffea starts: (entries per file, coffea metadata cache).
+
+    A branch that no input file has is a misspelling in the configuration, not a bad file:
+    a ConfigError naming it (with the closest branch name), before anything runs.
+    """
     from coffea.processor.executor import FileMeta
+
+    from fedhex_hep.io.fileset import fileset_files
 
     entries: dict[str, int] = {}
     known_meta: dict[Any, Any] = {}
+    bad: list[tuple[str, str, str]] = []
     for dataset, path, tree in fileset_files(fileset):
         user_meta = fileset[dataset]["metadata"]
         reason, n, uuid = check_file(path, tree, proc.branches(user_meta))
         if reason is not None:
-            reject(path, reason)
-            del fileset[dataset]["files"][path]
+            bad.append((dataset, path, reason))
         else:
             entries[path] = n
             known_meta[FileMeta(dataset, path, tree)] = {**user_meta, "numentries": n, "uuid": uuid}
+    missing = [m.group(1) for _, _, reason in bad if (m := _MISSING_BRANCH.match(reason))]
+    if missing and not entries and len(missing) == len(bad):
+        _refuse_missing_branch(missing[0], bad[0][2], proc, [path for _, path, _ in bad])
+    for dataset, path, reason in bad:
+        reject(path, reason)
+        del fileset[dataset]["files"][path]
+    return entries, known_meta
 
-    out = None
+
+def _refuse_missing_branch(branch: str, reason: str, proc: Any, files: list[str]) -> None:
+    from fedhex_hep.config import ConfigError
+
+    texts = {"selection": proc.selection, "weight": proc.weight}
+    texts.update({f"features.{k}": v for k, v in proc.features.items()})
+    texts.update({f"labels.{k}": v for k, v in proc.labels.items()})
+    users = [key for key, text in texts.items() if text and re.search(rf"\b{re.escape(branch)}\b", text)]
+    where = f"config key 'input.{users[0]}'" if users else "the configuration"
+    hint = "; " + reason[reason.index("(did you mean") + 1 : -1] if "(did you mean" in reason else ""
+    raise ConfigError(
+        f"{where} reads branch {branch!r}, which none of the {len(files)} input files has "
+        f"(first: {files[0]}{hint})"
+    )
+
+
+def _run_dropping_bad_files(
+    fileset: dict[str, Any],
+    proc: Any,
+    inp: Any,
+    run: dict[str, Any],
+    known_meta: dict[Any, Any],
+    entries: dict[str, int],
+    reject: _Rejector,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run coffea; a file damaged inside its baskets (missed by the pre-check) is dropped and the run repeated."""
+    from fedhex_hep.io.fileset import fileset_files
+
     while True:
         fileset = {ds: entry for ds, entry in fileset.items() if entry["files"]}
         if not fileset:
+            skipped = reject.skipped
             first = f" (first: {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
             raise ExtractionError(f"no readable input files left: all {len(skipped)} were skipped{first}")
         try:
             out = run_processor(
-                fileset,
-                proc,
-                treename=inp.treename,
-                schema=inp.schema,
-                executor=executor,
-                workers=workers,
-                scheduler=scheduler,
-                chunksize=inp.chunksize,
-                progress=progress,
-                metadata_cache=dict(known_meta),
+                fileset, proc, treename=inp.treename, schema=inp.schema, chunksize=inp.chunksize,
+                metadata_cache=dict(known_meta), **run,
             )
-            break
+            return out, fileset
         except Exception as exc:
             reason, bad = _describe_failure(exc)
             known = {path for _, path, _ in fileset_files(fileset)}
@@ -296,12 +355,23 @@ def extract(
                 raise ExtractionError(f"extraction failed: {reason}") from exc
             if not inp.skip_bad_files:
                 raise ExtractionError(f"{bad}: {reason}") from exc
-            # a file damaged inside its baskets (not caught by the pre-check): drop it, rerun
             reject(bad, f"unreadable while processing ({reason})")
             for entry in fileset.values():
                 entry["files"].pop(bad, None)
             entries.pop(bad, None)
 
+
+def _assemble(
+    out: dict[str, Any], proc: Any, fileset: dict[str, Any], entries: dict[str, int], config: Any, executor: str,
+    skipped: list[dict[str, str]],
+) -> Any:
+    """The merged coffea output as a FeatureSet in file and entry order; every event accounted for."""
+    import fedhex_hep
+    from fedhex_hep.io.featureset import FeatureSet
+    from fedhex_hep.io.fileset import fileset_files
+    from fedhex_hep.processors.extraction import file_id
+
+    inp = config.input
     columns = {name: acc.value for name, acc in out["columns"].items()}
     cutflow_raw: dict[str, dict[str, dict[str, int]]] = out["cutflow"]
     n_rows = len(columns["weight"])
@@ -318,7 +388,6 @@ def extract(
         raise ExtractionError(
             f"selection {inp.selection!r} keeps no events ({total_read} events read from {len(entries)} files)"
         )
-
     # File order, then entry order: identical whatever order the chunks finished in.
     ids = np.array([file_id(path) for _, path, _ in fileset_files(fileset)], dtype=np.int64)
     by_id = np.argsort(ids)
@@ -326,22 +395,23 @@ def extract(
     order = np.lexsort((columns["_entry"], file_rank))
     features = np.stack([columns[n][order] for n in proc.features], axis=1)
     labels = np.stack([columns[n][order] for n in proc.labels], axis=1)
-    weights = columns["weight"][order]
-
-    cutflow = _cutflow_summary(cutflow_raw, list(proc.labels), inp.selection)
     metadata: dict[str, Any] = {
         "config": config.to_dict(),
         "version": fedhex_hep.__version__,
         "source": "mc",
         "executor": executor,
         "files": [path for _, path, _ in fileset_files(fileset)],
-        "cutflow": cutflow,
+        "cutflow": _cutflow_summary(cutflow_raw, list(proc.labels), inp.selection),
         "skipped_files": skipped,
         "dropped_labels": [],
         "nonfinite": {"dropped_events": 0, "per_column": {}},
     }
-    fs = FeatureSet.from_numpy(features, labels, list(proc.features), list(proc.labels), weights, metadata)
+    weights = columns["weight"][order]
+    return FeatureSet.from_numpy(features, labels, list(proc.features), list(proc.labels), weights, metadata)
 
+
+def _apply_policies(fs: Any, inp: Any) -> Any:
+    """The non-finite policy (``input.nonfinite``) and the per-label minimum event count."""
     counts = fs.nonfinite_counts()
     if counts:
         summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
@@ -355,7 +425,6 @@ def extract(
         fs.metadata["nonfinite"] = {"dropped_events": n_dropped, "per_column": counts}
         if len(fs) == 0:
             raise ExtractionError(f"every selected event has a non-finite feature or label ({summary})")
-
     if inp.min_events_per_label > 0 and _has_sparse_label(fs.labels, inp.min_events_per_label):
         fs, dropped = fs.drop_sparse_labels(inp.min_events_per_label)
         fs.metadata["dropped_labels"] = dropped
@@ -371,13 +440,6 @@ def extract(
                 f"every label point has fewer than input.min_events_per_label = {inp.min_events_per_label} "
                 f"selected events ({len(dropped)} points dropped)"
             )
-    log.info(
-        "extracted %d events at %d label points from %d files (%d skipped)",
-        len(fs),
-        len(group_rows(fs.labels)[0]),
-        len(metadata["files"]),
-        len(skipped),
-    )
     return fs
 
 

@@ -83,6 +83,7 @@ def generate(
     Labels outside the training range give a UserWarning saying how far outside they are.
     """
     import fedhex_hep
+    from fedhex_hep.limits import check_generation
 
     n_labels = len(model.label_names)
     points = np.asarray(points, dtype=np.float64)
@@ -98,6 +99,7 @@ def generate(
         raise GenerationError(
             f"need n_events >= 0, batch_size >= 1 and max_tries >= 1 (got {n_events}, {batch_size}, {max_tries})"
         )
+    check_generation(model.config, len(model.feature_names), n_labels, len(points), int(n_events), int(batch_size))
     cuts = _check_ranges(model, ranges)
     for point in points:
         for message in out_of_range_messages(model, point):

@@ -333,7 +333,7 @@ def run_scan(
 
     output = check_writable(Path(output), overwrite=overwrite)
     try:
-        check_executor(executor, int(workers))
+        check_executor(executor, int(workers), scheduler)
     except ExecutorError as exc:
         raise ScanError(str(exc)) from None
     model_dir = Path(model_dir).resolve()

@@ -28,7 +28,7 @@ import numpy as np
 
 from fedhex_hep.config import Config, ConfigError, load_config
 from fedhex_hep.model.preprocessing import Preprocessor
-from fedhex_hep.errors import FedhexError
+from fedhex_hep.errors import FedhexError, one_line
 
 __all__ = ["ModelDirError", "TrainedModel", "load_model", "REQUIRED_FILES", "checkpoint_prefix"]
 
@@ -76,13 +76,14 @@ def checkpoint_prefix(model_dir: str | Path, checkpoint: str) -> Path:
     return Path(model_dir) / "checkpoints" / str(checkpoint) / CKPT_NAME
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file of a model directory; ModelDirError naming it when missing or unreadable."""
     if not path.exists():
         raise ModelDirError(f"model directory {path.parent} is missing {path.name}")
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"{path} is not readable JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelDirError(f"{path} is not readable JSON: {one_line(exc, 200)}") from None
 
 
 def read_model_files(path: Path) -> tuple[Config, Preprocessor, dict[str, Any]]:
@@ -96,8 +97,15 @@ def read_model_files(path: Path) -> tuple[Config, Preprocessor, dict[str, Any]]:
         config = load_config(path / "config.toml")
     except ConfigError as exc:
         raise ModelDirError(f"{path / 'config.toml'}: {exc}") from None
-    pre = Preprocessor.from_dict(_read_json(path / "preprocessing.json"))
-    info = _read_json(path / "training.json")
+    try:
+        pre = Preprocessor.from_dict(read_json(path / "preprocessing.json"))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, FedhexError):
+            raise ModelDirError(f"{path / 'preprocessing.json'}: {one_line(exc, 200)}") from None
+        raise ModelDirError(f"{path / 'preprocessing.json'}: not a fitted preprocessing ({type(exc).__name__}: {one_line(exc, 100)})") from None
+    info = read_json(path / "training.json")
+    if not isinstance(info, dict):
+        raise ModelDirError(f"{path / 'training.json'}: expected an object, got {type(info).__name__}")
     return config, pre, info
 
 
@@ -108,11 +116,14 @@ def restore_flow_weights(flow: Any, prefix: Path) -> None:
     index = prefix.with_name(prefix.name + ".index")
     if not index.exists():
         raise ModelDirError(f"model directory {prefix.parent.parent} is missing {index.relative_to(prefix.parent.parent)}")
-    status = tf.train.Checkpoint(flow=flow.module).read(str(prefix))
     try:
+        status = tf.train.Checkpoint(flow=flow.module).read(str(prefix))
         status.expect_partial().assert_existing_objects_matched()
     except AssertionError as exc:
-        raise ModelDirError(f"{prefix}: weights do not match the flow described by config.toml ({exc})") from None
+        raise ModelDirError(f"{prefix}: weights do not match the flow described by config.toml ({one_line(exc, 200)})") from None
+    except (tf.errors.OpError, ValueError, IndexError, OSError, UnicodeDecodeError) as exc:
+        # a truncated or corrupted checkpoint: TensorFlow names neither the file nor the cause clearly
+        raise ModelDirError(f"{prefix}: damaged or truncated weights ({type(exc).__name__}: {one_line(exc, 150)})") from None
 
 
 def load_model(path: str | Path, checkpoint: str | int | None = None) -> TrainedModel:
@@ -132,12 +143,11 @@ def load_model(path: str | Path, checkpoint: str | int | None = None) -> Trained
         if not prefix.parent.is_dir():
             raise ModelDirError(f"model directory {path} has no checkpoint {prefix.parent.name}")
     restore_flow_weights(flow, prefix)
-    return TrainedModel(
-        config=config,
-        preprocessor=pre,
-        flow=flow,
-        path=path,
-        training_label_points=np.asarray(info.get("label_points", []), dtype=np.float64),
-        label_ranges=info.get("label_ranges", {}),
-        info=info,
-    )
+    try:
+        points = np.asarray(info.get("label_points", []), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelDirError(f"{path / 'training.json'}: bad 'label_points' ({one_line(exc, 100)})") from None
+    ranges = info.get("label_ranges", {})
+    if not isinstance(ranges, dict):
+        raise ModelDirError(f"{path / 'training.json'}: 'label_ranges' must be an object")
+    return TrainedModel(config=config, preprocessor=pre, flow=flow, path=path, training_label_points=points, label_ranges=ranges, info=info)

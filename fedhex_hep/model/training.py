@@ -38,6 +38,7 @@ from fedhex_hep.model.storage import (
     WEIGHTS_PREFIX,
     ModelDirError,
     TrainedModel,
+    read_json,
     restore_flow_weights,
 )
 
@@ -360,8 +361,11 @@ def train(
     import tensorflow as tf
     import tf_keras
 
+    from fedhex_hep.limits import check_training
     from fedhex_hep.model.flow import build_flow
+    from fedhex_hep.model.resume import holds_model, restore_for_resume, resume_candidates
 
+    check_training(config, len(featureset.feature_names), len(featureset.label_names))
     _configure_threads(tf)
     # Bit-identical resume needs deterministic kernels (CPU reductions, XLA).
     tf.config.experimental.enable_op_determinism()
@@ -382,10 +386,10 @@ def train(
         # half-written folders of the interrupted process (never renamed into place)
         for stale in [*ckpt_dir.glob(".*.tmp-*"), *ckpt_dir.glob(".*.old-*"), *model_dir.glob(".weights.tmp-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        if not (ckpt_dir / "last" / "state.json").exists():
+        if not resume_candidates(ckpt_dir):
             raise ModelDirError(f"cannot resume: model directory {model_dir} is missing checkpoints/last")
         _check_resume_config(model_dir, config)
-        saved_pre = json.loads((model_dir / "preprocessing.json").read_text())
+        saved_pre = read_json(model_dir / "preprocessing.json")
         if saved_pre != json.loads(data.preprocessor.to_json()):
             raise TrainingError(
                 f"cannot resume {model_dir}: the training data differ from the interrupted run "
@@ -399,7 +403,7 @@ def train(
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-        if (model_dir / "config.toml").exists() or (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+        if holds_model(model_dir):
             raise OutputError(
                 17, f"{model_dir} already holds a model; use --resume to continue it, --overwrite to replace it, or another folder"
             )
@@ -443,17 +447,7 @@ def train(
     }
     best_weights: list[np.ndarray] | None = None
     if resume:
-        state = json.loads((ckpt_dir / "last" / "state.json").read_text())
-        if (ckpt_dir / "best" / "state.json").exists():
-            tf.train.Checkpoint(flow=flow.module).read(str(ckpt_dir / "best" / CKPT_NAME)).expect_partial()
-            best_weights = flow.get_weights()
-        try:
-            ckpt.read(str(ckpt_dir / "last" / CKPT_NAME)).assert_consumed()
-        except AssertionError as exc:
-            raise TrainingError(
-                f"cannot resume {model_dir}: checkpoints/last does not match this version's model and optimizer "
-                f"(written by another fedhex-hep version?): {str(exc).splitlines()[0]}"
-            ) from None
+        state, best_weights = restore_for_resume(ckpt, flow, ckpt_dir, model_dir)
         log.info("resuming %s from epoch %d", model_dir, state["epoch"])
         if state["stopped_early"]:
             log.info("the interrupted run had already stopped early at epoch %d", state["epoch"])
