@@ -113,7 +113,19 @@ def build_fileset(
     fileset = {ds: entry for ds, entry in fileset.items() if entry["files"]}
     if not fileset:
         raise FilesetError(f"no usable .root files in {', '.join(map(os.fspath, paths))}")
+    _check_ascii(fileset)
     return {ds: fileset[ds] for ds in sorted(fileset)}
+
+
+def _check_ascii(fileset: dict[str, dict[str, Any]]) -> None:
+    """coffea hashes dataset, file and tree names as ASCII: refuse other names up front, naming them."""
+    for dataset, path, tree in fileset_files(fileset):
+        for what, text in (("input file", path), ("dataset", dataset), ("tree name", tree)):
+            if not text.isascii():
+                raise FilesetError(
+                    f"{what} {text!r} is not ASCII, which coffea cannot process; rename it or link it "
+                    "under an ASCII name (ln -s)"
+                )
 
 
 def _walk(root: Path, max_depth: int) -> list[Path]:
