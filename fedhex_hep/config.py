@@ -282,6 +282,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
     """Validate a (partial) nested dict, merged over the packaged defaults unless complete."""
+    _check_sections(data)
     if _complete:
         merged = copy.deepcopy(data)
     else:
@@ -298,6 +299,15 @@ def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
     config = _build(Config, merged, "")
     _check_consistency(config)
     return config
+
+
+def _check_sections(data: Any) -> None:
+    """The top level and every section must be tables before they are merged."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a table of sections, got {type(data).__name__}")
+    for section, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{section}' must be a table, got {type(value).__name__} {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -40,6 +40,7 @@ from fedhex_hep.model.storage import (
     TrainedModel,
     read_json,
     restore_flow_weights,
+    write_checksums,
 )
 
 __all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "outside_spline_range", "versions"]
@@ -80,7 +81,7 @@ SPLINE_OUTSIDE_WARN = 1e-3
 # What train() writes into a model directory (removed first by overwrite=True).
 _MODEL_FILES = (
     "config.toml", "preprocessing.json", "training.json", "versions.json", "history.csv", "loss.png",
-    "weights", "checkpoints",
+    "weights", "checkpoints", "checksums.json",
 )
 
 
@@ -536,6 +537,7 @@ def train(
         # The selection efficiency travels with the model, for yield-normalised exports and scans.
         info["cutflow"] = featureset.metadata["cutflow"]
     atomic_write_text(model_dir / "training.json", json.dumps(info, indent=2))
+    write_checksums(model_dir, config)
     _maybe_plot_loss(model_dir)
     return TrainedModel(
         config=config,
