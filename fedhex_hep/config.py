@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from fedhex_hep.errors import FedhexError, UsageError
+from fedhex_hep.errors import UsageError
 
 __all__ = [
     "ConfigError",

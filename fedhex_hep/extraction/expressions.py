@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fedhex_hep.errors import FedhexError, UsageError
+from fedhex_hep.errors import UsageError
 
 __all__ = [
     "ExpressionError",

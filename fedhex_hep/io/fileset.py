@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from fedhex_hep.errors import FedhexError, UsageError
+from fedhex_hep.errors import UsageError
 
 __all__ = ["FilesetError", "build_fileset", "folder_metadata", "fileset_files"]
 
