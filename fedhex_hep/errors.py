@@ -25,6 +25,11 @@ class FedhexError(Exception):
     #: process exit status of the command line: 2 for usage errors (bad config or option), 1 otherwise
     exit_code: int = 1
 
+    def __str__(self) -> str:
+        # one line, whatever a wrapped library put into the text
+        text = super().__str__()
+        return " ".join(part.strip() for part in text.splitlines() if part.strip()) if "\n" in text or "\r" in text else text
+
 
 class UsageError(FedhexError):
     """The user asked for something invalid (config key, option, expression): exit status 2."""

@@ -44,11 +44,16 @@ import numpy as np
 from coffea import processor
 
 from fedhex_hep.config import RESERVED_NAMES, ConfigError
+from fedhex_hep.errors import FedhexError, one_line
 from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "point_key", "file_id", "resolve_branch"]
 
 SCHEMAS = ("base", "nanoaod")
+
+
+class BranchReadError(FedhexError):
+    """A branch's data cannot be read (a damaged file); not an expression problem."""
 
 
 def file_id(filename: str) -> int:
@@ -182,10 +187,8 @@ class _Namespace(Mapping[str, Any]):
                 value = full if isinstance(full, np.floating) else _selected(full, self.mask)
                 self.cache[name] = value
                 return value
-            value = resolve_branch(self.events, name)
-            if value is not None:
-                value = _selected(value, self.mask)
-            else:
+            value = self._read(name)
+            if value is None:
                 if name not in self.metadata:
                     raise KeyError(name)
                 value = self.metadata[name]
@@ -194,6 +197,14 @@ class _Namespace(Mapping[str, Any]):
                 value = np.float64(value)
             self.cache[name] = value
         return self.cache[name]
+
+    def _read(self, name: str) -> Any | None:
+        """The branch ``name`` restricted to the mask, None if the events have no such branch."""
+        try:
+            value = resolve_branch(self.events, name)
+            return None if value is None else _selected(value, self.mask)
+        except Exception as exc:  # uproot raises many unrelated types for damaged baskets
+            raise BranchReadError(f"branch {name!r}: unreadable ({type(exc).__name__}: {one_line(exc, 200)})") from exc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.cache)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fedhex_hep.errors import UsageError
+from fedhex_hep.errors import UsageError, one_line
 
 __all__ = [
     "ExpressionError",
@@ -159,7 +159,7 @@ class Expression:
         except KeyError as exc:
             raise ExpressionError(f"expression {self.text!r}: unknown name {exc.args[0]!r}") from None
         except (TypeError, ValueError, OverflowError, IndexError) as exc:
-            raise ExpressionError(f"expression {self.text!r}: cannot evaluate ({exc})") from None
+            raise ExpressionError(f"expression {self.text!r}: cannot evaluate ({one_line(exc, 300)})") from None
 
 
 def compile_expression(text: str) -> Expression:

@@ -175,13 +175,15 @@ def _is_read_error(exc: BaseException) -> bool:
     """True when an exception (chain) looks like damaged file data rather than a bug or config."""
     import zlib
 
+    from fedhex_hep.processors.extraction import BranchReadError
+
     node: BaseException | None = exc
     seen: set[int] = set()
     while node is not None and id(node) not in seen:
         seen.add(id(node))
         module = type(node).__module__ or ""
         text = str(node).lower()
-        if module.startswith("uproot") or isinstance(node, (OSError, EOFError, zlib.error)):
+        if module.startswith("uproot") or isinstance(node, (OSError, EOFError, zlib.error, BranchReadError)):
             return True
         if any(word in text for word in ("decompress", "deserializ", "basket", "lz4", "zstd", "lzma")):
             return True
