@@ -346,7 +346,7 @@ def _damage(data: bytes, how: tuple) -> bytes:
     return bytes(out)
 
 
-@fuzz_settings(10, share=0.1)
+@fuzz_settings(40, share=0.1)
 @given(how=damage)
 def test_fuzz_damaged_root_file(root_reference, how):
     from fedhex_hep.extraction.runner import extract
@@ -386,7 +386,7 @@ def model_reference(tmp_path_factory):
     return path, files, model.flow.get_weights(), model.preprocessor.to_json()
 
 
-@fuzz_settings(10, share=0.1)
+@fuzz_settings(40, share=0.1)
 @given(which=st.integers(0, 100), how=damage)
 def test_fuzz_damaged_model(model_reference, which, how):
     from fedhex_hep.model.storage import load_model

@@ -173,18 +173,23 @@ def _flip(path: Path, offsets: list[int]) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "no-checksums"])
 @pytest.mark.parametrize("damage", ["flip-data", "flip-index", "truncate-data", "truncate-index", "empty-data"])
-def test_damaged_weights_give_one_line_naming_the_file(tiny_model, tmp_path, damage):
+def test_damaged_weights_give_one_line_naming_the_file(tiny_model, tmp_path, damage, checksums):
     from fedhex_hep.model.storage import ModelDirError, load_model
 
     model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    if not checksums:  # then TensorFlow's own checks find the damage
+        (model / "checksums.json").unlink()
     kind, part = damage.split("-")
     target = model / "weights" / ("weights.index" if part == "index" else "weights.data-00000-of-00001")
     if kind == "flip":
         _flip(target, [40, 41, 100])
     else:
         target.write_bytes(target.read_bytes()[: 0 if kind == "empty" else target.stat().st_size // 2])
-    with pytest.raises(ModelDirError, match=f"{model / 'weights' / 'weights'}: damaged or truncated weights") as info:
+    expected = f"{target}: damaged \\(its SHA-256 differs from checksums.json\\)" if checksums else (
+        f"{model / 'weights' / 'weights'}: damaged or truncated weights")
+    with pytest.raises(ModelDirError, match=expected) as info:
         load_model(model)
     assert "\n" not in str(info.value)
 
@@ -194,10 +199,25 @@ def test_damaged_json_of_a_model_names_it(tiny_model, tmp_path):
 
     model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
     (model / "preprocessing.json").write_text('{"features": 3}')
+    with pytest.raises(ModelDirError, match="preprocessing.json: damaged"):
+        load_model(model)
+    (model / "checksums.json").unlink()
     with pytest.raises(ModelDirError, match="preprocessing.json: "):
         load_model(model)
     (model / "preprocessing.json").write_text("{not json")
     with pytest.raises(ModelDirError, match="preprocessing.json is not readable JSON"):
+        load_model(model)
+
+
+def test_edited_flow_configuration_is_refused_but_generation_defaults_may_change(tiny_model, tmp_path):
+    from fedhex_hep.model.storage import ModelDirError, load_model
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    text = (model / "config.toml").read_text()
+    (model / "config.toml").write_text(text.replace("n_events = 20000", "n_events = 500"))
+    assert load_model(model).config.generation.n_events == 500
+    (model / "config.toml").write_text(text.replace("log_scale_bound = 3.0", "log_scale_bound = 3.5"))
+    with pytest.raises(ModelDirError, match="config.toml: the model's configuration differs from the one it was trained with"):
         load_model(model)
 
 
