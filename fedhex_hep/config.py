@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from fedhex_hep.errors import FedhexError
+from fedhex_hep.errors import UsageError
 
 __all__ = [
     "ConfigError",
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-class ConfigError(FedhexError, ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration problem; the message is one line naming the offending key."""
 
 
@@ -198,27 +198,53 @@ _CHOICES = {
     "output.overflow": ("drop", "fold"),
 }
 
-_POSITIVE = {
-    "input.chunksize",
-    "input.max_depth",
-    "model.n_blocks",
-    "model.ensemble",
-    "model.base_components",
-    "model.log_scale_bound",
-    "model.spline_bins",
-    "model.spline_range",
-    "training.epochs",
-    "training.batch_size",
-    "training.learning_rate",
-    "training.final_learning_rate",
-    "training.decay_epochs",
-    "training.checkpoint_every",
-    "generation.n_events",
-    "generation.batch_size",
-    "generation.max_tries",
-    "output.bins",
+# Documented range of every number in the configuration: key -> (low, high, low is inclusive).
+# Numbers must be finite; sizes are capped here so that no estimate overflows, and again against
+# the machine's memory before work starts (fedhex_hep.limits).
+_SEED_MAX = 2**31 - 1
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "input.min_events_per_label": (0, 10**12, True),
+    "input.max_depth": (1, 100, True),
+    "input.chunksize": (1, 10**8, True),
+    "model.n_blocks": (1, 100, True),
+    "model.log_scale_bound": (0.0, 20.0, False),
+    "model.spline_bins": (1, 1000, True),
+    "model.spline_range": (0.0, 1000.0, False),
+    "model.spline_blocks": (0, 100, True),
+    "model.base_components": (1, 100, True),
+    "model.ensemble": (1, 100, True),
+    "training.epochs": (1, 10**6, True),
+    "training.batch_size": (1, 10**8, True),
+    "training.learning_rate": (0.0, 1.0, False),
+    "training.final_learning_rate": (0.0, 1.0, False),
+    "training.decay_epochs": (1, 10**6, True),
+    "training.patience": (0, 10**6, True),
+    "training.checkpoint_every": (1, 10**6, True),
+    "training.clip_norm": (0.0, 1e6, True),
+    "training.seed": (0, _SEED_MAX, True),
+    "generation.n_events": (1, 10**12, True),
+    "generation.batch_size": (1, 10**8, True),
+    "generation.seed": (0, _SEED_MAX, True),
+    "generation.max_tries": (1, 10**6, True),
+    "output.bins": (1, 10**5, True),
+    "generation.xsec": (0.0, 1e15, True),
+    "generation.lumi": (0.0, 1e15, True),
 }
-_NON_NEGATIVE = {"generation.xsec", "generation.lumi", "input.min_events_per_label", "training.patience", "training.clip_norm", "model.spline_blocks"}
+_HIDDEN_UNITS_MAX = 10**6
+_LABEL_JITTER_MAX = 10.0
+#: Column names the extraction writes itself; a feature or label may not use them.
+RESERVED_NAMES = ("weight", "_entry", "_fileid")
+
+
+def check_range(key: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
+    """Refuse a number that is NaN/inf or outside ``[low, high]`` (``(low, high]`` when not inclusive)."""
+    inside = math.isfinite(value) and (value >= low if low_inclusive else value > low) and value <= high
+    if not inside:
+        integer = isinstance(value, int) and isinstance(low, int) and isinstance(high, int)
+        text = str if integer else (lambda v: f"{v:g}")
+        interval = f"{'[' if low_inclusive else '('}{text(low)}, {text(high)}]"
+        what = "an integer" if integer else "a finite number"
+        raise ConfigError(f"config key '{key}' must be {what} in {interval}, got {value!r}")
 
 
 def default_config_text() -> str:
@@ -243,6 +269,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             user = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path}: not UTF-8 text (is it a TOML file?)") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
     # A dotted key into one entry of a free table (``preprocessing.features.omega.standardise``)
@@ -260,6 +292,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
     """Validate a (partial) nested dict, merged over the packaged defaults unless complete."""
+    _check_sections(data)
     if _complete:
         merged = copy.deepcopy(data)
     else:
@@ -276,6 +309,15 @@ def config_from_dict(data: dict[str, Any], _complete: bool = False) -> Config:
     config = _build(Config, merged, "")
     _check_consistency(config)
     return config
+
+
+def _check_sections(data: Any) -> None:
+    """The top level and every section must be tables before they are merged."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must be a table of sections, got {type(data).__name__}")
+    for section, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{section}' must be a table, got {type(value).__name__} {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -394,22 +436,22 @@ def _check_named(key: str, name: str, allowed: Any, what: str) -> None:
 
 
 def _check_consistency(config: Config) -> None:
-    for key in _POSITIVE:
-        value = _get(config, key)
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
-    for key in _NON_NEGATIVE:
-        value = _get(config, key)
-        if value < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
+    _check_numbers(config)
+    _check_columns(config)
+    _check_tables(config)
+
+
+def _check_numbers(config: Config) -> None:
+    """Every number finite and inside its documented range (see ``_RANGES``)."""
+    for key, (low, high, inclusive) in _RANGES.items():
+        check_range(key, _get(config, key), low, high, inclusive)
     for key in ("input.schema", "input.nonfinite", "model.kind", "model.activation", "generation.method", "output.overflow"):
         _check_choice(key, _get(config, key), _CHOICES[key])
     for fmt in config.output.plot_formats:
         _check_choice("output.plot_formats", fmt, _CHOICES["output.plot_formats"])
-    if not 0.0 <= config.training.validation_fraction < 1.0:
-        raise ConfigError(
-            f"config key 'training.validation_fraction' must be in [0, 1), got {config.training.validation_fraction!r}"
-        )
+    fraction = config.training.validation_fraction
+    if not 0.0 <= fraction < 1.0:  # false for NaN as well
+        raise ConfigError(f"config key 'training.validation_fraction' must be in [0, 1), got {fraction!r}")
     if config.training.final_learning_rate > config.training.learning_rate:
         raise ConfigError("config key 'training.final_learning_rate' must not exceed 'training.learning_rate'")
     if config.model.spline_blocks > config.model.n_blocks:
@@ -418,9 +460,14 @@ def _check_consistency(config: Config) -> None:
             f"{config.model.n_blocks}; with fewer blocks, set 'model.spline_blocks' "
             f"(default {_defaults_dict()['model']['spline_blocks']}) as well"
         )
-    if not config.model.hidden_units or any(u <= 0 for u in config.model.hidden_units):
+    if not config.model.hidden_units:
         raise ConfigError("config key 'model.hidden_units' must be a non-empty list of positive integers")
+    for i, units in enumerate(config.model.hidden_units):
+        check_range(f"model.hidden_units[{i}]", units, 1, _HIDDEN_UNITS_MAX)
 
+
+def _check_columns(config: Config) -> None:
+    """Feature and label names: present, distinct, identifiers, not reserved; expressions non-empty."""
     features, labels = config.input.features, config.input.labels
     if not features:
         raise ConfigError("config key 'input.features' is empty: name at least one feature")
@@ -429,8 +476,13 @@ def _check_consistency(config: Config) -> None:
     overlap = set(features) & set(labels)
     if overlap:
         raise ConfigError(f"config key 'input.labels': name {sorted(overlap)[0]!r} is also a feature")
-    if "weight" in features or "weight" in labels:
-        raise ConfigError("config key 'input.features': the column name 'weight' is reserved")
+    for section, names in (("features", features), ("labels", labels)):
+        for name in RESERVED_NAMES:
+            if name in names:
+                raise ConfigError(
+                    f"config key 'input.{section}.{name}': the column name {name!r} is reserved "
+                    f"({', '.join(RESERVED_NAMES)} are written by the extraction itself)"
+                )
     for section, names in (("features", features), ("labels", labels)):
         for name, expr in names.items():
             if not name.isidentifier():
@@ -438,6 +490,10 @@ def _check_consistency(config: Config) -> None:
             if not isinstance(expr, str) or not expr.strip():
                 raise ConfigError(f"config key 'input.{section}.{name}' must be a non-empty expression")
 
+
+def _check_tables(config: Config) -> None:
+    """Per-column tables (preprocessing, jitter, ranges) and generation points."""
+    features, labels = config.input.features, config.input.labels
     for section, allowed in (("features", features), ("labels", labels)):
         for name, column in getattr(config.preprocessing, section).items():
             key = f"preprocessing.{section}.{name}"
@@ -446,7 +502,7 @@ def _check_consistency(config: Config) -> None:
             if column.relative_to and column.relative_to not in labels:
                 raise ConfigError(f"config key '{key}.relative_to': {column.relative_to!r} is not a label")
             if column.transform == "logit":
-                if len(column.bounds) != 2 or not column.bounds[0] < column.bounds[1]:
+                if len(column.bounds) != 2 or not _finite(column.bounds) or not column.bounds[0] < column.bounds[1]:
                     raise ConfigError(f"config key '{key}.bounds' must be [min, max] with min < max for logit")
 
     for i, point in enumerate(config.generation.labels):
@@ -455,13 +511,18 @@ def _check_consistency(config: Config) -> None:
                 f"config key 'generation.labels[{i}]' has {len(point)} values, expected {len(labels)} "
                 f"({', '.join(labels)})"
             )
+        if not _finite(point):
+            raise ConfigError(f"config key 'generation.labels[{i}]' must be finite numbers, got {point!r}")
     for name, sd in config.training.label_jitter.items():
         key = f"training.label_jitter.{name}"
         _check_named(key, name, labels, "label")
-        if not math.isfinite(sd) or sd < 0:  # a number already: _coerce checked the type
-            raise ConfigError(f"config key '{key}' must be a finite number >= 0, got {sd!r}")
+        check_range(key, sd, 0.0, _LABEL_JITTER_MAX)
     for name, bounds in config.generation.ranges.items():
         key = f"generation.ranges.{name}"
         _check_named(key, name, features, "feature")
-        if len(bounds) != 2 or not bounds[0] < bounds[1]:
-            raise ConfigError(f"config key '{key}' must be [min, max] with min < max, got {bounds!r}")
+        if len(bounds) != 2 or not _finite(bounds) or not bounds[0] < bounds[1]:
+            raise ConfigError(f"config key '{key}' must be [min, max] of finite numbers with min < max, got {bounds!r}")
+
+
+def _finite(values: list[float]) -> bool:
+    return all(math.isfinite(v) for v in values)

@@ -2,14 +2,21 @@
 
 Catch ``FedhexError`` to handle any failure of the package (bad config, bad input file, broken
 model directory, ...). Each error's message is one line naming the file, key or branch at fault.
+The command line prints that line and exits with the error's ``exit_code``: 2 for a usage error
+(a bad configuration key or command-line option, see :class:`UsageError`), 1 for a failure at
+run time (an unreadable file, a lost connection, a diverging training).
 
->>> from fedhex_hep.errors import FedhexError
+>>> from fedhex_hep.errors import FedhexError, UsageError
 >>> from fedhex_hep.config import ConfigError
->>> issubclass(ConfigError, FedhexError)
+>>> issubclass(ConfigError, UsageError) and issubclass(UsageError, FedhexError)
 True
+>>> ConfigError("x").exit_code, FedhexError("x").exit_code
+(2, 1)
 """
 
 from __future__ import annotations
+
+__all__ = ["FedhexError", "UsageError", "one_line"]
 
 
 class FedhexError(Exception):
@@ -17,3 +24,21 @@ class FedhexError(Exception):
 
     #: process exit status of the command line: 2 for usage errors (bad config or option), 1 otherwise
     exit_code: int = 1
+
+    def __str__(self) -> str:
+        # one line, whatever a wrapped library put into the text
+        text = super().__str__()
+        return " ".join(part.strip() for part in text.splitlines() if part.strip()) if "\n" in text or "\r" in text else text
+
+
+class UsageError(FedhexError):
+    """The user asked for something invalid (config key, option, expression): exit status 2."""
+
+    exit_code = 2
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an exception's message (its type name when empty), at most ``limit`` characters."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -90,9 +90,11 @@ def run_chain(
     """
     from fedhex_hep.extraction.runner import extract
     from fedhex_hep.io.export import export_root, resolve_binning
+    from fedhex_hep.limits import check_config
     from fedhex_hep.model.training import train
     from fedhex_hep.validation.compare import compare
 
+    check_config(config)  # memory of training and generation, before any work
     run_dir = new_run_dir(output_root or config.output.directory)
     with output_lock(run_dir):
         config.write(run_dir / "config.toml")

@@ -53,12 +53,17 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
-from fedhex_hep.naming import point_category as point_key
-from fedhex_hep.extraction.expressions import Expression, ExpressionError, compile_expression
+from fedhex_hep.config import RESERVED_NAMES, ConfigError
+from fedhex_hep.errors import FedhexError, one_line
+from fedhex_hep.extraction.expressions import ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "file_id", "resolve_branch", "group_rows", "Source"]
 
 SCHEMAS = ("base", "nanoaod")
+
+
+class BranchReadError(FedhexError):
+    """A branch's data cannot be read (a damaged file); not an expression problem."""
 
 
 def file_id(filename: str) -> int:
@@ -179,10 +184,8 @@ class _Namespace(Mapping[str, Any]):
                 value = full if isinstance(full, np.floating) else _selected(full, self.mask)
                 self.cache[name] = value
                 return value
-            value = resolve_branch(self.events, name)
-            if value is not None:
-                value = _selected(value, self.mask)
-            else:
+            value = self._read(name)
+            if value is None:
                 if name not in self.metadata:
                     raise KeyError(name)
                 value = self.metadata[name]
@@ -191,6 +194,14 @@ class _Namespace(Mapping[str, Any]):
                 value = np.float64(value)
             self.cache[name] = value
         return self.cache[name]
+
+    def _read(self, name: str) -> Any | None:
+        """The branch ``name`` restricted to the mask, None if the events have no such branch."""
+        try:
+            value = resolve_branch(self.events, name)
+            return None if value is None else _selected(value, self.mask)
+        except Exception as exc:  # uproot raises many unrelated types for damaged baskets
+            raise BranchReadError(f"branch {name!r}: unreadable ({type(exc).__name__}: {one_line(exc, 200)})") from exc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.cache)
@@ -331,9 +342,9 @@ class FeatureProcessor(processor.ProcessorABC):
         label_decimals: int = 3,
     ) -> None:
         if not features:
-            raise ExpressionError("FeatureProcessor needs at least one feature")
+            raise ConfigError("FeatureProcessor needs at least one feature")
         if schema not in SCHEMAS:
-            raise ExpressionError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
+            raise ConfigError(f"schema {schema!r} is not one of {', '.join(SCHEMAS)}")
         keep = lambda v: v if callable(v) else str(v).strip()  # noqa: E731
         self.features = {str(k): keep(v) for k, v in features.items()}
         self.labels = {str(k): keep(v) for k, v in labels.items()}
@@ -345,11 +356,15 @@ class FeatureProcessor(processor.ProcessorABC):
         self.units = {str(k): str(v) for k, v in (units or {}).items()}
         self.label_decimals = int(label_decimals)
         names = [*self.features, *self.labels]
-        if len(set(names)) != len(names) or "weight" in names:
-            raise ExpressionError("feature and label names must be distinct and not 'weight'")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"feature and label names must be distinct, got {names}")
+        reserved = [n for n in names if n in RESERVED_NAMES]
+        if reserved:
+            # the processor writes these columns itself: a user column would be overwritten silently
+            raise ConfigError(f"column name {reserved[0]!r} is reserved ({', '.join(RESERVED_NAMES)})")
         unknown = [k for k in self.ranges if k not in self.features]
         if unknown:
-            raise ExpressionError(f"ranges: {unknown[0]!r} is not a feature{_did_you_mean(unknown[0], list(self.features))}")
+            raise ConfigError(f"ranges: {unknown[0]!r} is not a feature{_did_you_mean(unknown[0], list(self.features))}")
         # Compile now: a bad expression fails at construction, before any file is opened.
         self._compiled()
 

@@ -55,7 +55,7 @@ def test_version():
 
 def test_config_error_is_one_line_naming_the_key(tmp_path):
     result = run_cli("extract", "--set", "training.epocs=3", "--output", str(tmp_path / "f.parquet"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "training.epocs" in lines[0] and "did you mean 'training.epochs'" in lines[0]
@@ -63,7 +63,7 @@ def test_config_error_is_one_line_naming_the_key(tmp_path):
 
 def test_missing_config_file_is_named(tmp_path):
     result = run_cli("run", "--config", str(tmp_path / "nope.toml"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "nope.toml does not exist" in result.stderr
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from fedhex_hep import __version__
-from fedhex_hep.errors import FedhexError
+from fedhex_hep.errors import FedhexError, UsageError
 
 app = typer.Typer(
     name="fedhex-hep",
@@ -45,8 +45,11 @@ SchedulerOpt = Annotated[
 ]
 
 
-class CLIError(FedhexError):
-    """An error to print as one line and exit with status 1."""
+class CLIError(UsageError):
+    """A bad command-line option: printed as one line, exit status 2."""
+
+
+_VERBOSE = [False]  # set by the --verbose option; main() then prints tracebacks too
 
 
 def _load(config: Path | None, overrides: list[str] | None, extra: dict | None = None):
@@ -91,6 +94,7 @@ def _main(
 
     if verbose:  # TensorFlow's own start-up and device messages too
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    _VERBOSE[0] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -512,18 +516,13 @@ def config_show_cmd(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors for bad input instead of tracebacks."""
-    from fedhex_hep.io.atomic import OutputError
-    from fedhex_hep.config import ConfigError
+    """Console-script entry point: every error is one line naming its culprit, no traceback.
 
-    known: tuple[type[BaseException], ...] = (CLIError, ConfigError, OutputError, FileNotFoundError)
+    A package error exits with its ``exit_code`` (2: bad config or option, 1: run-time failure);
+    an operating-system error names its file and exits 1; ``--verbose`` adds the traceback.
+    """
     try:
         code = app(standalone_mode=False)
-    except known as exc:
-        _report(exc)
-    except ValueError as exc:
-        # Our modules raise ValueError subclasses with one-line messages naming file/branch/key.
-        _report(exc)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
@@ -532,14 +531,33 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        _report(exc)
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _describe(exc: BaseException) -> tuple[str, int]:
+    """(one-line message, exit status) of any exception that reaches the command line."""
+    from fedhex_hep.errors import one_line
+
+    if isinstance(exc, FedhexError):
+        return one_line(exc), exc.exit_code
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or one_line(exc)}", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory (MemoryError); use smaller sizes or generate in parts", 1
+    if isinstance(exc, UnicodeError):
+        return f"text encoding problem ({one_line(exc)}); set LANG=C.UTF-8 for non-ASCII paths", 1
+    return f"unexpected {type(exc).__name__}: {one_line(exc)} (run with --verbose for the traceback)", 1
+
+
 def _report(exc: BaseException) -> None:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message, code = _describe(exc)
+    if _VERBOSE[0]:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

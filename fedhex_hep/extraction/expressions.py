@@ -13,7 +13,8 @@ evaluation is a tree walk over the checked nodes that only ever calls numpy ufun
 - names (branches of the events, or per-dataset metadata values), numbers (int, float),
   ``True``/``False``;
 - arithmetic ``+ - * / // % **`` (the exponent must be a numeric constant with
-  ``abs(exponent) <= MAX_EXPONENT``), unary ``-``/``+``;
+  ``abs(exponent) <= MAX_EXPONENT``), unary ``-``/``+``; arithmetic is done in float64, so
+  ``x // 0`` is inf, ``x % 0`` is NaN and nothing wraps around (counted and dropped, never 0);
 - comparisons ``== != < <= > >=`` (chains like ``1 < x < 2`` allowed);
 - ``and``, ``or``, ``not`` -- element-wise (vectorised) logic, not Python short-circuiting;
 - the functions in :data:`FUNCTIONS` (``min``/``max`` are element-wise with two arguments);
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fedhex_hep.errors import FedhexError
+from fedhex_hep.errors import UsageError, one_line
 
 __all__ = [
     "ExpressionError",
@@ -55,7 +56,7 @@ MAX_NODES = 500
 """Most AST nodes in one expression: bounds parse and evaluation cost."""
 
 
-class ExpressionError(FedhexError, ValueError):
+class ExpressionError(UsageError, ValueError):
     """An expression is refused or cannot be evaluated; the message names expression and cause."""
 
 
@@ -158,7 +159,7 @@ class Expression:
         except KeyError as exc:
             raise ExpressionError(f"expression {self.text!r}: unknown name {exc.args[0]!r}") from None
         except (TypeError, ValueError, OverflowError, IndexError) as exc:
-            raise ExpressionError(f"expression {self.text!r}: cannot evaluate ({exc})") from None
+            raise ExpressionError(f"expression {self.text!r}: cannot evaluate ({one_line(exc, 300)})") from None
 
 
 def compile_expression(text: str) -> Expression:
@@ -315,16 +316,22 @@ def _dtype_kind(value: Any) -> str:
 
 
 def _numeric(value: Any) -> Any:
-    """Booleans become int64 for arithmetic (Python semantics: -True == -1)."""
-    if _dtype_kind(value) != "b":
+    """Booleans and integers become float64 for arithmetic.
+
+    Integer arithmetic in numpy is silent about its failures: ``x // 0`` and ``x % 0`` give 0 and
+    overflow wraps around. In float64 they give inf/NaN instead, which the extraction counts and
+    drops (``input.nonfinite``), and ``-True == -1`` as in Python.
+    """
+    kind = _dtype_kind(value)
+    if kind not in "biu":
         return value
-    if isinstance(value, (bool, np.bool_)):
-        return np.int64(value)
+    if isinstance(value, (bool, int, np.bool_, np.integer)):
+        return np.float64(value)
     if isinstance(value, np.ndarray):
-        return value.astype(np.int64)
+        return value.astype(np.float64)
     import awkward as ak
 
-    return ak.values_astype(value, np.int64)
+    return ak.values_astype(value, np.float64)
 
 
 class _Evaluator:

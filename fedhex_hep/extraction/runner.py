@@ -144,7 +144,7 @@ def run_processor(
     from coffea import processor
     from coffea.nanoevents import BaseSchema, NanoAODSchema
 
-    check_executor(executor, workers)
+    check_executor(executor, workers, scheduler)
     schema_cls = NanoAODSchema if schema == "nanoaod" else BaseSchema
     client = None
     with contextlib.ExitStack() as stack:
@@ -177,6 +177,8 @@ _WORKITEM_RANGE = re.compile(r"entrystart=(\d+), entrystop=(\d+)")
 
 def _is_read_error(exc: BaseException) -> bool:
     """True when an exception (chain) looks like damaged file data rather than a bug or config."""
+    from fedhex_hep.processors.extraction import BranchReadError
+
     import zlib
 
     node: BaseException | None = exc
@@ -185,7 +187,7 @@ def _is_read_error(exc: BaseException) -> bool:
         seen.add(id(node))
         module = type(node).__module__ or ""
         text = str(node).lower()
-        if module.startswith("uproot") or isinstance(node, (OSError, EOFError, zlib.error)):
+        if module.startswith("uproot") or isinstance(node, (OSError, EOFError, zlib.error, BranchReadError)):
             return True
         if any(word in text for word in ("decompress", "deserializ", "basket", "lz4", "zstd", "lzma")):
             return True
@@ -251,8 +253,7 @@ def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejects) -> tup
     missing = [(path, result[0]) for _, path, _, result in checked if result[0] and result[0].startswith("branch ")]
     if checked and len(missing) == len(checked):
         # no file has the branch: the configuration is at fault, not the files
-        others = f" (and from the other {len(checked) - 1} input files)" if len(checked) > 1 else ""
-        raise ExtractionError(f"{missing[0][0]}: {missing[0][1]}{others}")
+        _refuse_missing_branch(missing[0][1], proc, [path for path, _ in missing])
     for dataset, path, tree, (reason, n, uuid) in checked:
         user_meta = fileset[dataset]["metadata"]
         if reason is not None:
@@ -262,6 +263,26 @@ def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejects) -> tup
             entries[path] = n
             known_meta[FileMeta(dataset, path, tree)] = {**user_meta, "numentries": n, "uuid": uuid}
     return entries, known_meta
+
+
+_MISSING_BRANCH = re.compile(r"^branch '([^']+)' is missing")
+
+
+def _refuse_missing_branch(reason: str, proc: Any, files: list[str]) -> None:
+    """A ConfigError naming the config key that reads a branch no input file has."""
+    from fedhex_hep.config import ConfigError
+
+    match = _MISSING_BRANCH.match(reason)
+    branch = match.group(1) if match else reason
+    texts = {"selection": proc.selection, "weight": proc.weight}
+    texts.update({f"features.{k}": v for k, v in proc.features.items()})
+    texts.update({f"labels.{k}": v for k, v in proc.labels.items()})
+    users = [k for k, text in texts.items() if isinstance(text, str) and re.search(rf"\b{re.escape(branch)}\b", text)]
+    where = f"config key 'input.{users[0]}'" if users else "the configuration"
+    hint = "; " + reason[reason.index("(did you mean") + 1 : -1] if "(did you mean" in reason else ""
+    raise ConfigError(
+        f"{where} reads branch {branch!r}, which none of the {len(files)} input files has (first: {files[0]}{hint})"
+    )
 
 
 def precheck_processor(fileset: Mapping[str, Any], proc: Any, treename: str, schema: str, entries: int = 200) -> None:
@@ -399,7 +420,7 @@ def extract(
     from fedhex_hep.processors.extraction import FeatureProcessor, group_rows
 
     inp = config.input
-    check_executor(executor, workers)
+    check_executor(executor, workers, scheduler)
     proc = processor if processor is not None else FeatureProcessor.from_config(inp, bins=config.output.bins)
     reject = _Rejects(inp.skip_bad_files)
     empty: list[dict[str, str]] = []

@@ -24,6 +24,7 @@ import numpy as np
 from fedhex_hep.io.featureset import FeatureSet
 from fedhex_hep.model.storage import TrainedModel
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.limits import check_generation
 from fedhex_hep.naming import point_label
 
 __all__ = ["GenerationError", "generate", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
@@ -109,6 +110,7 @@ def _check_request(model: TrainedModel, points: np.ndarray, n_events: int, batch
         raise GenerationError(
             f"need n_events >= 0, batch_size >= 1 and max_tries >= 1 (got {n_events}, {batch_size}, {max_tries})"
         )
+    check_generation(model.config, len(model.feature_names), n_labels, len(points), int(n_events), int(batch_size))
     for point in points:
         for message in out_of_range_messages(model, point):
             log.warning(message)

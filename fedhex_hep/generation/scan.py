@@ -391,7 +391,7 @@ def run_scan(
     ``output.overflow`` and ``generation.ranges``/``xsec``/``lumi`` fill the arguments left None
     (default: the model's own configuration). Refuses an existing ``output`` unless ``overwrite``. Returns the path written.
     """
-    output = _check_output(output, overwrite, executor, int(workers))
+    output = _check_output(output, overwrite, executor, int(workers), scheduler)
     model_dir = Path(model_dir).resolve()
     config = config or _model_config(model_dir)
     points = _as_points(points, config.label_names)
@@ -409,12 +409,12 @@ def run_scan(
     return output
 
 
-def _check_output(output: str | Path, overwrite: bool, executor: str, workers: int) -> Path:
+def _check_output(output: str | Path, overwrite: bool, executor: str, workers: int, scheduler: str | None = None) -> Path:
     from fedhex_hep.io.atomic import check_writable
 
     output = check_writable(Path(output), overwrite=overwrite)
     try:
-        check_executor(executor, workers)
+        check_executor(executor, int(workers), scheduler)
     except ExecutorError as exc:
         raise ScanError(str(exc)) from None
     return output

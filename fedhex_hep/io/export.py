@@ -54,7 +54,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -26,14 +26,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from fedhex_hep.errors import FedhexError
+from fedhex_hep.errors import UsageError
 
 __all__ = ["FilesetError", "build_fileset", "folder_metadata", "fileset_files"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-class FilesetError(FedhexError, ValueError):
+class FilesetError(UsageError, ValueError):
     """An input path or fileset problem; the message names the path or key."""
 
 
@@ -113,7 +113,19 @@ def build_fileset(
     fileset = {ds: entry for ds, entry in fileset.items() if entry["files"]}
     if not fileset:
         raise FilesetError(f"no usable .root files in {', '.join(map(os.fspath, paths))}")
+    _check_ascii(fileset)
     return {ds: fileset[ds] for ds in sorted(fileset)}
+
+
+def _check_ascii(fileset: dict[str, dict[str, Any]]) -> None:
+    """coffea hashes dataset, file and tree names as ASCII: refuse other names up front, naming them."""
+    for dataset, path, tree in fileset_files(fileset):
+        for what, text in (("input file", path), ("dataset", dataset), ("tree name", tree)):
+            if not text.isascii():
+                raise FilesetError(
+                    f"{what} {text!r} is not ASCII, which coffea cannot process; rename it or link it "
+                    "under an ASCII name (ln -s)"
+                )
 
 
 def _walk(root: Path, max_depth: int) -> list[Path]:
@@ -164,6 +176,8 @@ def _load_json_fileset(path: Path, treename: str) -> dict[str, dict[str, Any]]:
             files = entry["files"]
             metadata = entry.get("metadata") or {}
             tree = entry.get("treename", treename)
+            if not isinstance(tree, str) or not tree:
+                raise FilesetError(f"{where}: 'treename' must be a non-empty string, got {tree!r}")
             if not isinstance(metadata, dict):
                 raise FilesetError(f"{where}: 'metadata' must be an object")
         else:
@@ -176,6 +190,8 @@ def _load_json_fileset(path: Path, treename: str) -> dict[str, dict[str, Any]]:
         for file, file_tree in files.items():
             if "://" not in file and not os.path.isabs(file):
                 file = str((path.parent / file))
-            resolved[file] = file_tree if isinstance(file_tree, str) and file_tree else tree
+            if file_tree is not None and not (isinstance(file_tree, str) and file_tree):
+                raise FilesetError(f"{where}: the tree name of {file!r} must be a non-empty string, got {file_tree!r}")
+            resolved[file] = file_tree or tree
         out[str(dataset)] = {"files": resolved, "metadata": dict(metadata)}
     return out

@@ -38,7 +38,8 @@ from fedhex_hep.model.storage import (
     WEIGHTS_PREFIX,
     ModelDirError,
     TrainedModel,
-    restore_flow_weights,
+    read_json,
+    write_checksums,
 )
 
 __all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "outside_spline_range", "versions"]
@@ -79,7 +80,7 @@ SPLINE_OUTSIDE_WARN = 1e-3
 # What train() writes into a model directory (removed first by overwrite=True).
 _MODEL_FILES = (
     "config.toml", "preprocessing.json", "training.json", "versions.json", "history.csv", "loss.png",
-    "weights", "checkpoints",
+    "weights", "checkpoints", "checksums.json",
 )
 
 
@@ -362,8 +363,11 @@ def train(
     tf = import_tensorflow()
     import tf_keras
 
+    from fedhex_hep.limits import check_training
     from fedhex_hep.model.flow import build_flow
+    from fedhex_hep.model.resume import holds_model, restore_for_resume, resume_candidates
 
+    check_training(config, len(featureset.feature_names), len(featureset.label_names))
     _configure_threads(tf)
     # Bit-identical resume needs deterministic kernels (CPU reductions, XLA).
     tf.config.experimental.enable_op_determinism()
@@ -384,10 +388,10 @@ def train(
         # half-written folders of the interrupted process (never renamed into place)
         for stale in [*ckpt_dir.glob(".*.tmp-*"), *ckpt_dir.glob(".*.old-*"), *model_dir.glob(".weights.tmp-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        if not (ckpt_dir / "last" / "state.json").exists():
+        if not resume_candidates(ckpt_dir):
             raise ModelDirError(f"cannot resume: model directory {model_dir} is missing checkpoints/last")
         _check_resume_config(model_dir, config)
-        saved_pre = json.loads((model_dir / "preprocessing.json").read_text())
+        saved_pre = read_json(model_dir / "preprocessing.json")
         if saved_pre != json.loads(data.preprocessor.to_json()):
             raise TrainingError(
                 f"cannot resume {model_dir}: the training data differ from the interrupted run "
@@ -401,7 +405,7 @@ def train(
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-        if (model_dir / "config.toml").exists() or (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+        if holds_model(model_dir):
             raise OutputError(
                 17, f"{model_dir} already holds a model; use --resume to continue it, --overwrite to replace it, or another folder"
             )
@@ -445,17 +449,7 @@ def train(
     }
     best_weights: list[np.ndarray] | None = None
     if resume:
-        state = json.loads((ckpt_dir / "last" / "state.json").read_text())
-        if (ckpt_dir / "best" / "state.json").exists():
-            tf.train.Checkpoint(flow=flow.module).read(str(ckpt_dir / "best" / CKPT_NAME)).expect_partial()
-            best_weights = flow.get_weights()
-        try:
-            ckpt.read(str(ckpt_dir / "last" / CKPT_NAME)).assert_consumed()
-        except AssertionError as exc:
-            raise TrainingError(
-                f"cannot resume {model_dir}: checkpoints/last does not match this version's model and optimizer "
-                f"(written by another fedhex-hep version?): {str(exc).splitlines()[0]}"
-            ) from None
+        state, best_weights = restore_for_resume(ckpt, flow, ckpt_dir, model_dir)
         log.info("resuming %s from epoch %d", model_dir, state["epoch"])
         if state["stopped_early"]:
             log.info("the interrupted run had already stopped early at epoch %d", state["epoch"])
@@ -544,6 +538,7 @@ def train(
         # The selection efficiency travels with the model, for yield-normalised exports and scans.
         info["cutflow"] = featureset.metadata["cutflow"]
     atomic_write_text(model_dir / "training.json", json.dumps(info, indent=2))
+    write_checksums(model_dir, config)
     _maybe_plot_loss(model_dir)
     return TrainedModel(
         config=config,
