@@ -16,7 +16,7 @@ Comparison protocol (so every number can be read against noise):
   measured on |B| events against B, its noise alone equals the floor rms, so the goal's
   tolerance of twice the floor rms would fail an exact model at each number with 5% probability;
   against the whole reference with ``flow_events`` flow events (default 200,000) its noise is
-  about half the floor rms. The tolerance itself is unchanged.
+  about half the floor rms, well inside the tolerance of twice the floor rms.
   Morphing re-uses MC events when asked for more events than its corners hold; to keep its
   statistical errors honest its sample is capped at the number of distinct events available
   (recorded as ``n_candidate``; the chi2 is unbiased for unequal sizes).
@@ -40,6 +40,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: issue 6 "Done when" thresholds (fractions, not percent)
+#: closure goals a method must meet at a held-out point (fractions, not percent)
 GOALS: dict[str, float] = {
     "auc": 0.52,
     "chi2_2d_ndf": 1.3,
@@ -229,12 +230,12 @@ def _goal_check(
     floor_rms: dict[str, Any] | None = None,
     grid_rms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """issue-6 goals for one method at one point (shift/width: or within 2x the floor).
+    """The closure goals for one method at one point (shift/width: or within 2x the floor).
 
     The floor of a shift or width error is its noise level ``floor_rms`` (rms over random
     half-splits) where given; else the single split's own value (reports built by hand).
     With ``grid_rms`` (the training grid's noise, :func:`fedhex_hep.validation.grid_noise.grid_noise`)
-    the noise is the quadrature sum of both: not the issue-6 goal, which counts the reference
+    the noise is the quadrature sum of both: not the goal itself, which counts the reference
     floor only, but whether an error is larger than the statistics of both samples explain.
     """
     checks: dict[str, Any] = {}
@@ -267,6 +268,35 @@ def _flow_mean_result(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Run:
+    """Inputs shared by every hold-out group: the MC, the callables, reference events, options."""
+
+    config: Any
+    mc: FeatureSet
+    outdir: Path
+    seeds: list[int]
+    train_fn: Callable[[FeatureSet, Any, Path], Any]
+    generate_fn: Callable[[Any, np.ndarray, int, int], np.ndarray]
+    references: dict[str, np.ndarray]
+    ref_source: dict[str, str]
+    folds: int
+    max_events: int | None
+    flow_events: int
+
+
+@dataclass
+class _Group:
+    """One hold-out group: its points, the methods built without them and the flows' events."""
+
+    index: int
+    points: np.ndarray
+    interps: dict[str, Any]
+    noise: list[Any]
+    n_half: dict[str, int]
+    flow_samples: dict[str, list[np.ndarray]]
+
+
 def validate(
     config: Any,
     mc: FeatureSet,
@@ -297,11 +327,39 @@ def validate(
     Writes ``report.json``, ``report.md`` and plots into ``outdir``; returns the report dict
     (``report["points"]``: one entry per held-out point).
     """
-    from fedhex_hep import __version__
-    from fedhex_hep.validation.grid_noise import grid_noise
-    from fedhex_hep.generation.morphing import MomentMorphing, MorphingError, QuantileInterpolation
-
     outdir = Path(outdir)
+    seeds = _check_arguments(outdir, seeds, flow_events, overwrite)
+    if train_fn is None:
+        def train_fn(featureset: FeatureSet, cfg: Any, model_dir: Path) -> Any:
+            return _train_default(featureset, cfg, model_dir, overwrite=overwrite)
+    outdir.mkdir(parents=True, exist_ok=True)
+    grid = mc.label_points()
+    if reference is not None and not isinstance(reference, FeatureSet):
+        reference = FeatureSet.load(reference)
+    held = _held_out_points(points, reference, grid, mc.label_names)
+    if reference is None and reference_events:
+        reference = _make_references(config, held, int(reference_events), outdir)
+    references, ref_source = _reference_samples(held, reference, mc)
+    run = _Run(config, mc, outdir, seeds, train_fn, generate_fn or _generate_default, references, ref_source,
+               folds, max_events, flow_events)
+    results: dict[str, dict[str, Any]] = {}
+    samples_for_plots: dict[str, dict[str, Any]] = {}
+    groups = holdout_groups(held, grid, holdout)
+    for g, group in enumerate(groups):
+        for key, (entry, plot_samples) in _validate_group(run, g, len(groups), group).items():
+            results[key], samples_for_plots[key] = entry, plot_samples
+    ordered = [results[point_short(p)] for p in held]
+    report = _report(run, holdout, grid, ordered)
+    report["plots"] = (
+        _make_plots(samples_for_plots, ordered, grid, mc.feature_names, mc.label_names, outdir) if plots else []
+    )
+    atomic_write_text(outdir / "report.json", json.dumps(report, indent=1, default=float), overwrite=True)
+    atomic_write_text(outdir / "report.md", render_markdown(report), overwrite=True)
+    return report
+
+
+def _check_arguments(outdir: Path, seeds: Sequence[int], flow_events: int, overwrite: bool) -> list[int]:
+    """Refuse a non-empty output folder, no seeds or no flow events; the seeds as ints."""
     if outdir.exists() and any(p.name != ".fedhex-hep.lock" for p in outdir.iterdir()) and not overwrite:
         raise ValidationError(f"validation folder {outdir} is not empty (use --overwrite)")
     seeds = [int(s) for s in seeds]
@@ -309,30 +367,31 @@ def validate(
         raise ValidationError("validate needs at least one training seed")
     if int(flow_events) < 1:
         raise ValidationError(f"flow_events must be >= 1, got {flow_events}")
-    if train_fn is None:
-        def train_fn(featureset: FeatureSet, cfg: Any, model_dir: Path) -> Any:
-            return _train_default(featureset, cfg, model_dir, overwrite=overwrite)
-    generate_fn = generate_fn or _generate_default
-    outdir.mkdir(parents=True, exist_ok=True)
+    return seeds
 
-    grid = mc.label_points()
-    names_f, names_l = mc.feature_names, mc.label_names
-    if reference is not None and not isinstance(reference, FeatureSet):
-        reference = FeatureSet.load(reference)
+
+def _held_out_points(
+    points: Any, reference: FeatureSet | None, grid: np.ndarray, names_l: Sequence[str]
+) -> np.ndarray:
+    """Held-out points (k, L) in GeV: ``points``, else the reference's, else the grid's interior."""
     if points is None and reference is not None:
-        held = reference.label_points()
-    elif points is None:
+        return reference.label_points()
+    if points is None:
         held = interior_points(grid)
         if len(held) == 0:
             raise ValidationError("the MC grid has no interior points to hold out; pass points explicitly")
-    else:
-        held = np.atleast_2d(np.asarray(points, dtype=np.float64))
-        if held.shape[1] != len(names_l):
-            raise ValidationError(f"held-out points need {len(names_l)} values ({', '.join(names_l)})")
+        return held
+    held = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    if held.shape[1] != len(names_l):
+        raise ValidationError(f"held-out points need {len(names_l)} values ({', '.join(names_l)})")
+    return held
 
-    # reference events per point
-    if reference is None and reference_events:
-        reference = _make_references(config, held, int(reference_events), outdir)
+
+def _reference_samples(
+    held: np.ndarray, reference: FeatureSet | None, mc: FeatureSet
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Reference events per held-out point (independent MC if it has the point) and their source."""
+    names_l = mc.label_names
     references: dict[str, np.ndarray] = {}
     ref_source: dict[str, str] = {}
     for p in held:
@@ -347,121 +406,180 @@ def validate(
             raise ValidationError(
                 f"only {len(references[key])} reference events at {_fmt_point(p, names_l)}; need >= 200"
             )
+    return references, ref_source
 
-    results: dict[str, dict[str, Any]] = {}
-    samples_for_plots: dict[str, dict[str, Any]] = {}
-    groups = holdout_groups(held, grid, holdout)
-    for g, group in enumerate(groups):
-        train_mc = mc.select(~_mask_points(mc, group))
-        if len(train_mc) == 0:
-            raise ValidationError("holding out these points leaves no MC to train on")
-        log.info("hold-out group %d/%d: %s", g + 1, len(groups), [_fmt_point(p, names_l) for p in group])
-        interps = {
-            "moment": MomentMorphing(train_mc),
-            "moment_robust": MomentMorphing(train_mc, robust=True),
-            "quantile": QuantileInterpolation(train_mc),
-        }
-        try:
-            noise = grid_noise(train_mc, group, n_splits=GRID_NOISE_SPLITS, seed=g)
-        except MorphingError as exc:  # a held-out point outside the remaining grid's cells
-            log.warning("training-grid noise not measured for hold-out group %d: %s", g + 1, exc)
-            noise = [None] * len(group)
-        n_half = {}
-        for p in group:
-            key = point_short(p)
-            n_half[key] = len(references[key]) // 2
-            if max_events:
-                n_half[key] = min(n_half[key], int(max_events))
-        flow_samples: dict[str, list[np.ndarray]] = {point_short(p): [] for p in group}
-        for seed in seeds:
-            cfg = config.with_overrides({"training.seed": seed})
-            model_dir = outdir / "models" / f"group{g}-seed{seed}"
-            model = train_fn(train_mc, cfg, model_dir)
-            for i, p in enumerate(group):
-                key = point_short(p)
-                n_gen = max(int(flow_events), n_half[key])
-                flow_samples[key].append(np.asarray(generate_fn(model, p, n_gen, 1000 * seed + i), dtype=np.float64))
+
+def _validate_group(
+    run: _Run, g: int, n_groups: int, group: np.ndarray
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Train without hold-out group ``g`` once per seed; per point: report entry, plot samples."""
+    from fedhex_hep.generation.morphing import MomentMorphing, QuantileInterpolation
+
+    train_mc = run.mc.select(~_mask_points(run.mc, group))
+    if len(train_mc) == 0:
+        raise ValidationError("holding out these points leaves no MC to train on")
+    log.info("hold-out group %d/%d: %s", g + 1, n_groups, [_fmt_point(p, run.mc.label_names) for p in group])
+    interps = {
+        "moment": MomentMorphing(train_mc),
+        "moment_robust": MomentMorphing(train_mc, robust=True),
+        "quantile": QuantileInterpolation(train_mc),
+    }
+    noise = _group_grid_noise(train_mc, group, g)
+    n_half = {point_short(p): _half_size(run.references[point_short(p)], run.max_events) for p in group}
+    flow_samples = _flow_samples(run, train_mc, g, group, n_half)
+    grp = _Group(g, group, interps, noise, n_half, flow_samples)
+    return {point_short(p): _evaluate_held_point(run, grp, i) for i, p in enumerate(group)}
+
+
+def _group_grid_noise(train_mc: FeatureSet, group: np.ndarray, g: int) -> list[Any]:
+    """The training grid's own noise at each point of the group; None where not measurable."""
+    from fedhex_hep.generation.morphing import MorphingError
+    from fedhex_hep.validation.grid_noise import grid_noise
+
+    try:
+        return grid_noise(train_mc, group, n_splits=GRID_NOISE_SPLITS, seed=g)
+    except MorphingError as exc:  # a held-out point outside the remaining grid's cells
+        log.warning("training-grid noise not measured for hold-out group %d: %s", g + 1, exc)
+        return [None] * len(group)
+
+
+def _half_size(reference: np.ndarray, max_events: int | None) -> int:
+    """Events per side of the joint comparison: half the reference, at most ``max_events``."""
+    n = len(reference) // 2
+    if max_events:
+        n = min(n, int(max_events))
+    return n
+
+
+def _flow_samples(
+    run: _Run, train_mc: FeatureSet, g: int, group: np.ndarray, n_half: dict[str, int]
+) -> dict[str, list[np.ndarray]]:
+    """Train one flow per seed on ``train_mc``; its events at each held-out point, per seed."""
+    flow_samples: dict[str, list[np.ndarray]] = {point_short(p): [] for p in group}
+    for seed in run.seeds:
+        cfg = run.config.with_overrides({"training.seed": seed})
+        model_dir = run.outdir / "models" / f"group{g}-seed{seed}"
+        model = run.train_fn(train_mc, cfg, model_dir)
         for i, p in enumerate(group):
             key = point_short(p)
-            ref = references[key]
-            if max_events and len(ref) > 2 * max_events:
-                ref = ref[np.random.default_rng(11).permutation(len(ref))[: 2 * max_events]]
-            n = n_half[key]
-            candidates: dict[str, np.ndarray] = {}
-            for s, sample in zip(seeds, flow_samples[key]):
-                candidates[f"flow_seed{s}"] = sample
-            # ensemble: the mixture of the seeds' flows, as many events in total as one seed's
-            n_flow = len(flow_samples[key][0])
-            per = int(math.ceil(n_flow / len(seeds)))
-            ens = np.concatenate([smp[:per] for smp in flow_samples[key]])[:n_flow]
-            candidates["flow_ensemble"] = ens[np.random.default_rng(5).permutation(len(ens))]
-            morph_n: dict[str, int] = {}
-            for name, interp in interps.items():
-                try:
-                    cap = min(n, _morph_cap(interp, p))
-                    candidates[name] = interp.sample(p, cap, seed=17 + i)
-                    morph_n[name] = cap
-                except ValueError as exc:  # MorphingError: outside grid / missing corner
-                    log.warning("%s at %s: %s", name, _fmt_point(p, names_l), exc)
-            # chi2 grows with the sample size for a given shape difference, and the classifier
-            # learns more from more events: compare the flow with moment morphing at equal size too
-            if "moment" in morph_n:
-                candidates["flow_ensemble_matched"] = candidates["flow_ensemble"][: morph_n["moment"]]
-            ev = evaluate_point(p, ref, candidates, names_f, seed=3, folds=folds)
-            matched = ev.pop("flow_ensemble_matched", None)
-            per_seed = [ev.pop(f"flow_seed{s}") for s in seeds]
-            entry: dict[str, Any] = {
-                "point": dict(zip(names_l, map(float, p))),
-                "group": g,
-                "reference": ref_source[key],
-                "n_reference": int(len(ref)),
-                "n_compare": int(n),
-                "floor": ev.pop("floor"),
-                "floor_rms": ev.pop("floor_rms"),
-                "grid_noise_rms": noise[i],
-                "flow_seeds": {str(s): r for s, r in zip(seeds, per_seed)},
-                "flow": _seed_summary(per_seed),
-                "flow_ensemble": ev.pop("flow_ensemble"),
-                "morph": ev,
-                "flow_ensemble_matched": matched,
-                "morph_weights": {
-                    name: [
-                        {"label": dict(zip(names_l, map(float, interp.points[k]))), "weight": float(w)}
-                        for k, w in enumerate(interp.weights(p)) if w > 0
-                    ]
-                    for name, interp in interps.items() if name in ev
-                },
-            }
-            _add_verdict(entry)
-            results[key] = entry
-            samples_for_plots[key] = {
-                "point": p,
-                "reference": ref,
-                "flow_seeds": flow_samples[key],
-                "flow_ensemble": candidates["flow_ensemble"],
-                **{name: candidates[name] for name in interps if name in candidates},
-            }
+            n_gen = max(int(run.flow_events), n_half[key])
+            sample = run.generate_fn(model, p, n_gen, 1000 * seed + i)
+            flow_samples[key].append(np.asarray(sample, dtype=np.float64))
+    return flow_samples
 
-    ordered = [results[point_short(p)] for p in held]
-    report: dict[str, Any] = {
+
+def _capped_reference(ref: np.ndarray, max_events: int | None) -> np.ndarray:
+    """The reference, or a fixed random subset of 2 * ``max_events`` of it."""
+    if max_events and len(ref) > 2 * max_events:
+        ref = ref[np.random.default_rng(11).permutation(len(ref))[: 2 * max_events]]
+    return ref
+
+
+def _ensemble(flow_samples: list[np.ndarray]) -> np.ndarray:
+    """The mixture of the seeds' flows, as many events in total as one seed's, shuffled."""
+    n_flow = len(flow_samples[0])
+    per = int(math.ceil(n_flow / len(flow_samples)))
+    ens = np.concatenate([smp[:per] for smp in flow_samples])[:n_flow]
+    return ens[np.random.default_rng(5).permutation(len(ens))]
+
+
+def _candidates(run: _Run, grp: _Group, i: int) -> dict[str, np.ndarray]:
+    """Every method's events at the group's point ``i``: flow per seed, ensemble, morphing."""
+    p = grp.points[i]
+    key = point_short(p)
+    n = grp.n_half[key]
+    candidates: dict[str, np.ndarray] = {}
+    for s, sample in zip(run.seeds, grp.flow_samples[key]):
+        candidates[f"flow_seed{s}"] = sample
+    candidates["flow_ensemble"] = _ensemble(grp.flow_samples[key])
+    morph_n: dict[str, int] = {}
+    for name, interp in grp.interps.items():
+        try:
+            cap = min(n, _morph_cap(interp, p))
+            candidates[name] = interp.sample(p, cap, seed=17 + i)
+            morph_n[name] = cap
+        except ValueError as exc:  # MorphingError: outside grid / missing corner
+            log.warning("%s at %s: %s", name, _fmt_point(p, run.mc.label_names), exc)
+    # chi2 grows with the sample size for a given shape difference, and the classifier
+    # learns more from more events: compare the flow with moment morphing at equal size too
+    if "moment" in morph_n:
+        candidates["flow_ensemble_matched"] = candidates["flow_ensemble"][: morph_n["moment"]]
+    return candidates
+
+
+def _evaluate_held_point(run: _Run, grp: _Group, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The report entry of the group's point ``i`` and the samples its overlay plot draws."""
+    p = grp.points[i]
+    key = point_short(p)
+    ref = _capped_reference(run.references[key], run.max_events)
+    candidates = _candidates(run, grp, i)
+    ev = evaluate_point(p, ref, candidates, run.mc.feature_names, seed=3, folds=run.folds)
+    entry = _point_entry(run, grp, i, ref, ev)
+    _add_verdict(entry)
+    plot_samples = {
+        "point": p,
+        "reference": ref,
+        "flow_seeds": grp.flow_samples[key],
+        "flow_ensemble": candidates["flow_ensemble"],
+        **{name: candidates[name] for name in grp.interps if name in candidates},
+    }
+    return entry, plot_samples
+
+
+def _point_entry(run: _Run, grp: _Group, i: int, ref: np.ndarray, ev: dict[str, Any]) -> dict[str, Any]:
+    """One held-out point's report entry from its metrics ``ev`` (morphing's are left in ``ev``)."""
+    p, names_l = grp.points[i], run.mc.label_names
+    key = point_short(p)
+    matched = ev.pop("flow_ensemble_matched", None)
+    per_seed = [ev.pop(f"flow_seed{s}") for s in run.seeds]
+    return {
+        "point": dict(zip(names_l, map(float, p))),
+        "group": grp.index,
+        "reference": run.ref_source[key],
+        "n_reference": int(len(ref)),
+        "n_compare": int(grp.n_half[key]),
+        "floor": ev.pop("floor"),
+        "floor_rms": ev.pop("floor_rms"),
+        "grid_noise_rms": grp.noise[i],
+        "flow_seeds": {str(s): r for s, r in zip(run.seeds, per_seed)},
+        "flow": _seed_summary(per_seed),
+        "flow_ensemble": ev.pop("flow_ensemble"),
+        "morph": ev,
+        "flow_ensemble_matched": matched,
+        "morph_weights": _morph_weights(grp.interps, p, names_l, ev),
+    }
+
+
+def _morph_weights(
+    interps: dict[str, Any], p: np.ndarray, names_l: Sequence[str], morph: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """The grid points each morphing method in ``morph`` combined at ``p``, with their weights."""
+    return {
+        name: [
+            {"label": dict(zip(names_l, map(float, interp.points[k]))), "weight": float(w)}
+            for k, w in enumerate(interp.weights(p)) if w > 0
+        ]
+        for name, interp in interps.items() if name in morph
+    }
+
+
+def _report(run: _Run, holdout: str, grid: np.ndarray, ordered: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report dict (without plots) from the entries of the held-out points, in order."""
+    from fedhex_hep import __version__
+
+    config = run.config
+    return {
         "version": __version__,
         "config": config.to_dict() if hasattr(config, "to_dict") else {},
-        "seeds": seeds,
+        "seeds": run.seeds,
         "holdout": holdout,
         "goals": GOALS,
-        "feature_names": list(names_f),
-        "label_names": list(names_l),
+        "feature_names": list(run.mc.feature_names),
+        "label_names": list(run.mc.label_names),
         "training_grid": grid.tolist(),
         "points": ordered,
         "summary": _overall(ordered),
     }
-    plot_paths: list[str] = []
-    if plots:
-        plot_paths = _make_plots(samples_for_plots, ordered, grid, names_f, names_l, outdir)
-    report["plots"] = plot_paths
-    atomic_write_text(outdir / "report.json", json.dumps(report, indent=1, default=float), overwrite=True)
-    atomic_write_text(outdir / "report.md", render_markdown(report), overwrite=True)
-    return report
 
 
 def _add_verdict(entry: dict[str, Any]) -> None:
@@ -560,23 +678,35 @@ def _noise_row(label: str, n: str, noise: dict[str, dict[str, float]], names_f: 
 def render_markdown(report: dict[str, Any]) -> str:
     """The validation report as markdown: summary, then one table per held-out point."""
     names_f, names_l = report["feature_names"], report["label_names"]
-    s = report["summary"]
-    lines = [
+    lines = _md_intro(report)
+    lines += [_md_summary_row(e, names_l) for e in report["points"]]
+    lines += ["", "| summary | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["summary"].items()]
+    for e in report["points"]:
+        lines += _md_point_section(e, names_f, names_l)
+    if report.get("plots"):
+        lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def _md_intro(report: dict[str, Any]) -> list[str]:
+    """Title, how to read the numbers, the goals, and the head of the summary table."""
+    return [
         "# Closure at held-out mass points",
         "",
         f"fedhex-hep {report['version']}; training seeds {report['seeds']}; hold-out `{report['holdout']}`; "
-        f"{s['n_points']} held-out points.",
+        f"{report['summary']['n_points']} held-out points.",
         "Per-feature numbers (shifts, widths, W1, chi2/ndf, KS) compare all of a method's events (column n) "
         "with the whole reference MC at the point; AUC and 2D chi2/ndf compare at most as many events as one "
         "half of the reference with that half, at equal size, like the statistical floor, which compares the "
         "two halves. Shifts and width errors are relative to the MC; "
         "W1 is divided by the MC's IQR/1.349; AUC 0.5 = indistinguishable.",
         "",
-        f"Goals (issue 6): AUC <= {GOALS['auc']}, 2D chi2/ndf <= {GOALS['chi2_2d_ndf']}, "
+        f"Goals: AUC <= {GOALS['auc']}, 2D chi2/ndf <= {GOALS['chi2_2d_ndf']}, "
         f"|median shift| <= {100 * GOALS['median_shift']:.1f}%, |width error| <= {100 * GOALS['width_error']:.0f}% "
         f"(or <= {GOALS['floor_factor']:g}x the floor: the rms of the same number between two reference halves "
         f"over {FLOOR_SPLITS} random splits).",
-        "`within_noise_*` (not the issue-6 goal): the same goals with the floor replaced by the quadrature sum "
+        "`within_noise_*` (not part of the goals): the same goals with the floor replaced by the quadrature sum "
         "of the floor and the training grid's own noise (quantile interpolation from random halves of the "
         "training grid; `fedhex_hep.validation.grid_noise`): whether a miss is larger than both samples' statistics explain.",
         "",
@@ -585,63 +715,72 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| held-out point | AUC flow (mean ± sd) | AUC ens. | AUC ens. at morph n | AUC moment | AUC floor | chi2/ndf 2D flow | ens. | ens. at morph n | moment | floor | best AUC | best chi2 2D | goals flow / ens. / moment |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in report["points"]:
-        fj = e["flow"]["joint"]
-        ens, floor = e["flow_ensemble"]["joint"], e["floor"]["joint"]
-        ensm = e.get("flow_ensemble_matched", e["flow_ensemble"])["joint"]
-        mom = e["morph"].get("moment", {}).get("joint", {})
-        g = e["goals"]
 
-        def ok(name: str) -> str:
-            return ("yes" if g[name]["all"] else "no") if name in g else "-"
 
-        lines.append(
-            f"| {_fmt_point(e['point'].values(), names_l)} "
-            f"| {fj['auc']['mean']:.3f} ± {fj['auc']['std']:.3f} | {ens['auc']:.3f} | {ensm['auc']:.3f} | {mom.get('auc', float('nan')):.3f} | {floor['auc']:.3f} "
-            f"| {fj['chi2_2d_ndf']['mean']:.2f} | {ens['chi2_2d_ndf']:.2f} | {ensm['chi2_2d_ndf']:.2f} | {mom.get('chi2_2d_ndf', float('nan')):.2f} | {floor['chi2_2d_ndf']:.2f} "
-            f"| {e['winner'].get('auc', '-')} | {e['winner'].get('chi2_2d_ndf', '-')} "
-            f"| {ok('flow_seed_mean')} / {ok('flow_ensemble')} / {ok('moment')} |"
+def _md_summary_row(e: dict[str, Any], names_l: Sequence[str]) -> str:
+    """One held-out point's row of the summary table."""
+    fj = e["flow"]["joint"]
+    ens, floor = e["flow_ensemble"]["joint"], e["floor"]["joint"]
+    ensm = e.get("flow_ensemble_matched", e["flow_ensemble"])["joint"]
+    mom = e["morph"].get("moment", {}).get("joint", {})
+    g = e["goals"]
+
+    def ok(name: str) -> str:
+        return ("yes" if g[name]["all"] else "no") if name in g else "-"
+
+    return (
+        f"| {_fmt_point(e['point'].values(), names_l)} "
+        f"| {fj['auc']['mean']:.3f} ± {fj['auc']['std']:.3f} | {ens['auc']:.3f} | {ensm['auc']:.3f} | {mom.get('auc', float('nan')):.3f} | {floor['auc']:.3f} "
+        f"| {fj['chi2_2d_ndf']['mean']:.2f} | {ens['chi2_2d_ndf']:.2f} | {ensm['chi2_2d_ndf']:.2f} | {mom.get('chi2_2d_ndf', float('nan')):.2f} | {floor['chi2_2d_ndf']:.2f} "
+        f"| {e['winner'].get('auc', '-')} | {e['winner'].get('chi2_2d_ndf', '-')} "
+        f"| {ok('flow_seed_mean')} / {ok('flow_ensemble')} / {ok('moment')} |"
+    )
+
+
+def _md_point_section(e: dict[str, Any], names_f: Sequence[str], names_l: Sequence[str]) -> list[str]:
+    """One held-out point's section: its reference, one row per method, the noise levels."""
+    lines = [
+        "",
+        f"## {_fmt_point(e['point'].values(), names_l)}",
+        "",
+        f"Reference: {e['reference']} ({e['n_reference']} events; AUC and 2D chi2 at {e['n_compare']} per side, "
+        "against one half).",
+        "",
+    ]
+    head = "| method | n | AUC | chi2/ndf 2D |"
+    sep = "|---|---|---|---|"
+    for f in names_f:
+        head += f" {f}: median | {f}: width 68 | {f}: width IQR | {f}: W1/w | {f}: chi2/ndf | {f}: KS p |"
+        sep += "---|---|---|---|---|---|"
+    lines += [head, sep]
+    for label, r, spread in _rows(e, names_f):
+        lines.append(_md_method_row(label, r, spread, e["n_compare"], names_f))
+    if e.get("floor_rms"):
+        label = f"statistical floor: rms over {FLOOR_SPLITS} half-splits"
+        lines.append(_noise_row(label, str(e["n_compare"]), e["floor_rms"], names_f))
+    if e.get("grid_noise_rms"):
+        label = f"training-grid noise: quantile interpolation, rms over {GRID_NOISE_SPLITS} half-grid splits / 2"
+        lines.append(_noise_row(label, "-", e["grid_noise_rms"], names_f))
+    return lines
+
+
+def _md_method_row(
+    label: str, r: dict[str, Any], spread: dict[str, Any] | None, n_compare: int, names_f: Sequence[str]
+) -> str:
+    """A per-point table row of one method's numbers (AUC ± the seeds' spread where given)."""
+    j = r["joint"]
+    n_cand = r.get("n_candidate", n_compare)
+    row = f"| {label} | {n_cand} | {j.get('auc', float('nan')):.3f}"
+    if spread is not None:
+        row += f" ± {spread['joint']['auc']['std']:.3f}"
+    row += f" | {j.get('chi2_2d_ndf', float('nan')):.2f} |"
+    for f in names_f:
+        m = r["features"][f]
+        row += (
+            f" {_pct(m['median_shift'])} | {_pct(m['width_error_68'])} | {_pct(m['width_error_iqr'])} "
+            f"| {m['w1_rel']:.3f} | {m['chi2_ndf']:.2f} | {m['ks_pvalue']:.2g} |"
         )
-    lines += ["", "| summary | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s.items()]
-    for e in report["points"]:
-        lines += [
-            "",
-            f"## {_fmt_point(e['point'].values(), names_l)}",
-            "",
-            f"Reference: {e['reference']} ({e['n_reference']} events; AUC and 2D chi2 at {e['n_compare']} per side, "
-            "against one half).",
-            "",
-        ]
-        head = "| method | n | AUC | chi2/ndf 2D |"
-        sep = "|---|---|---|---|"
-        for f in names_f:
-            head += f" {f}: median | {f}: width 68 | {f}: width IQR | {f}: W1/w | {f}: chi2/ndf | {f}: KS p |"
-            sep += "---|---|---|---|---|---|"
-        lines += [head, sep]
-        for label, r, spread in _rows(e, names_f):
-            j = r["joint"]
-            n_cand = r.get("n_candidate", e["n_compare"])
-            row = f"| {label} | {n_cand} | {j.get('auc', float('nan')):.3f}"
-            if spread is not None:
-                row += f" ± {spread['joint']['auc']['std']:.3f}"
-            row += f" | {j.get('chi2_2d_ndf', float('nan')):.2f} |"
-            for f in names_f:
-                m = r["features"][f]
-                row += (
-                    f" {_pct(m['median_shift'])} | {_pct(m['width_error_68'])} | {_pct(m['width_error_iqr'])} "
-                    f"| {m['w1_rel']:.3f} | {m['chi2_ndf']:.2f} | {m['ks_pvalue']:.2g} |"
-                )
-            lines.append(row)
-        if e.get("floor_rms"):
-            label = f"statistical floor: rms over {FLOOR_SPLITS} half-splits"
-            lines.append(_noise_row(label, str(e["n_compare"]), e["floor_rms"], names_f))
-        if e.get("grid_noise_rms"):
-            label = f"training-grid noise: quantile interpolation, rms over {GRID_NOISE_SPLITS} half-grid splits / 2"
-            lines.append(_noise_row(label, "-", e["grid_noise_rms"], names_f))
-    if report.get("plots"):
-        lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]
-    return "\n".join(lines) + "\n"
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,6 +793,16 @@ def _save(fig: Any, path: Path) -> str:
     return str(path)
 
 
+
+#: overlay line per method: (legend label, colour, line style)
+_OVERLAY_STYLES = {
+    "flow_ensemble": ("flow ensemble", "tab:red", "-"),
+    "moment": ("moment morphing", "tab:blue", "--"),
+    "moment_robust": ("moment morph. (robust)", "tab:cyan", ":"),
+    "quantile": ("quantile interp.", "tab:green", "-."),
+}
+
+
 def _make_plots(
     samples: dict[str, dict[str, Any]],
     points: list[dict[str, Any]],
@@ -662,6 +811,23 @@ def _make_plots(
     names_l: Sequence[str],
     outdir: Path,
 ) -> list[str]:
+    """Overlay plot per held-out point (plots/overlay_<point>.png) and, for two labels, the AUC map."""
+    plt = _pyplot()
+    paths = []
+    plotdir = outdir / "plots"
+    for key, smp in samples.items():
+        fig = _overlay_figure(plt, smp, names_f, names_l)
+        paths.append(_save(fig, plotdir / f"overlay_{key}.png"))
+        plt.close(fig)
+    if len(names_l) == 2 and points:
+        fig = _auc_map_figure(plt, points, grid, names_l)
+        paths.append(_save(fig, plotdir / "auc_map.png"))
+        plt.close(fig)
+    return paths
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend in CMS style, fonts sized for panels side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -676,79 +842,78 @@ def _make_plots(
     # CMS style fonts are sized for single 10x10 figures: scale down for panels side by side
     plt.rcParams.update({"font.size": 14, "axes.labelsize": 16, "xtick.labelsize": 13,
                          "ytick.labelsize": 13, "legend.fontsize": 11})
-    paths = []
-    plotdir = outdir / "plots"
-    styles = {
-        "flow_ensemble": ("flow ensemble", "tab:red", "-"),
-        "moment": ("moment morphing", "tab:blue", "--"),
-        "moment_robust": ("moment morph. (robust)", "tab:cyan", ":"),
-        "quantile": ("quantile interp.", "tab:green", "-."),
-    }
-    for key, smp in samples.items():
-        ref = smp["reference"]
-        fig, axes = plt.subplots(
-            2, len(names_f), figsize=(8 * len(names_f), 8), sharex="col",
-            gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05}, squeeze=False,
-        )
-        for f, fname in enumerate(names_f):
-            edges = metrics.quantile_edges(ref[:, f], 40)
-            centres = 0.5 * (edges[1:] + edges[:-1])
-            width = np.diff(edges)
-            n_ref, _ = np.histogram(ref[:, f], edges)
-            dens_ref = n_ref / n_ref.sum() / width
-            err_ref = np.sqrt(n_ref) / n_ref.sum() / width
-            top, bot = axes[0, f], axes[1, f]
-            top.errorbar(centres, dens_ref, yerr=err_ref, fmt="ko", ms=3, label="MC (held out)")
-            # flow seed spread as a band: min/max over the seeds' normalised histograms
-            seed_h = []
-            for sample in smp["flow_seeds"]:
-                h, _ = np.histogram(sample[:, f], edges)
-                seed_h.append(h / max(h.sum(), 1) / width)
-            seed_h = np.array(seed_h)
-            top.fill_between(edges[:-1], seed_h.min(0), seed_h.max(0), step="post", color="tab:red",
-                             alpha=0.25, label="flow seed spread")
-            ratio_ref = np.where(dens_ref > 0, dens_ref, np.nan)
-            bot.fill_between(edges[:-1], seed_h.min(0) / ratio_ref, seed_h.max(0) / ratio_ref, step="post",
-                             color="tab:red", alpha=0.25)
-            for name, (label, colour, ls) in styles.items():
-                if name not in smp:
-                    continue
-                h, _ = np.histogram(smp[name][:, f], edges)
-                dens = h / max(h.sum(), 1) / width
-                top.stairs(dens, edges, color=colour, ls=ls, label=label)
-                bot.stairs(dens / ratio_ref, edges, color=colour, ls=ls)
-            bot.errorbar(centres, np.ones_like(centres), yerr=np.where(n_ref > 0, 1 / np.sqrt(np.maximum(n_ref, 1)), 0),
-                         fmt="ko", ms=2)
-            bot.axhline(1.0, color="grey", lw=0.8)
-            bot.set_ylim(0.7, 1.3)
-            bot.set_xlabel(f"{fname} [GeV]")
-            bot.set_ylabel("method / MC")
-            top.set_ylabel("normalised density [1/GeV]")
-            top.set_title(_fmt_point(smp["point"], names_l) + " GeV (held out)", fontsize=13)
-            top.legend(fontsize=10)
-        fig.subplots_adjust(left=0.09, right=0.98, wspace=0.3)
-        paths.append(_save(fig, plotdir / f"overlay_{key}.png"))
-        plt.close(fig)
-    if len(names_l) == 2 and points:
-        fig, axes = plt.subplots(1, 2, figsize=(16, 7), squeeze=False)
-        held = np.array([list(p["point"].values()) for p in points])
-        for ax, (title, values) in zip(
-            axes[0],
-            [
-                ("flow ensemble AUC", [p["flow_ensemble"]["joint"]["auc"] for p in points]),
-                ("moment morphing AUC", [p["morph"].get("moment", {}).get("joint", {}).get("auc", np.nan) for p in points]),
-            ],
-        ):
-            ax.scatter(grid[:, 0], grid[:, 1], marker="x", color="grey", label="MC grid")
-            sc = ax.scatter(held[:, 0], held[:, 1], c=values, cmap="coolwarm", vmin=0.45, vmax=0.65, s=250,
-                            edgecolors="k")
-            for (x, y), v in zip(held, values):
-                ax.annotate(f"{v:.3f}", (x, y), textcoords="offset points", xytext=(0, 12), ha="center", fontsize=10)
-            ax.set_xlabel(f"{names_l[0]} [GeV]")
-            ax.set_ylabel(f"{names_l[1]} [GeV]")
-            ax.set_title(title, fontsize=13)
-            fig.colorbar(sc, ax=ax, label="classifier ROC AUC")
-        fig.subplots_adjust(left=0.07, right=0.97, wspace=0.25)
-        paths.append(_save(fig, plotdir / "auc_map.png"))
-        plt.close(fig)
-    return paths
+    return plt
+
+
+def _overlay_figure(plt: Any, smp: dict[str, Any], names_f: Sequence[str], names_l: Sequence[str]) -> Any:
+    """One point's figure: per feature, densities of MC and each method (top) and their ratio to MC."""
+    fig, axes = plt.subplots(
+        2, len(names_f), figsize=(8 * len(names_f), 8), sharex="col",
+        gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05}, squeeze=False,
+    )
+    for f, fname in enumerate(names_f):
+        _overlay_panel(axes[0, f], axes[1, f], smp, f)
+        axes[1, f].set_xlabel(f"{fname} [GeV]")
+        axes[1, f].set_ylabel("method / MC")
+        axes[0, f].set_ylabel("normalised density [1/GeV]")
+        axes[0, f].set_title(_fmt_point(smp["point"], names_l) + " GeV (held out)", fontsize=13)
+        axes[0, f].legend(fontsize=10)
+    fig.subplots_adjust(left=0.09, right=0.98, wspace=0.3)
+    return fig
+
+
+def _overlay_panel(top: Any, bot: Any, smp: dict[str, Any], f: int) -> None:
+    """Feature ``f``: MC points, the flow seeds' band and each method's line; ratios to MC below."""
+    ref = smp["reference"]
+    edges = metrics.quantile_edges(ref[:, f], 40)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    width = np.diff(edges)
+    n_ref, _ = np.histogram(ref[:, f], edges)
+    dens_ref = n_ref / n_ref.sum() / width
+    err_ref = np.sqrt(n_ref) / n_ref.sum() / width
+    top.errorbar(centres, dens_ref, yerr=err_ref, fmt="ko", ms=3, label="MC (held out)")
+    # flow seed spread as a band: min/max over the seeds' normalised histograms
+    seed_h = np.array([_density(sample[:, f], edges, width) for sample in smp["flow_seeds"]])
+    top.fill_between(edges[:-1], seed_h.min(0), seed_h.max(0), step="post", color="tab:red",
+                     alpha=0.25, label="flow seed spread")
+    ratio_ref = np.where(dens_ref > 0, dens_ref, np.nan)
+    bot.fill_between(edges[:-1], seed_h.min(0) / ratio_ref, seed_h.max(0) / ratio_ref, step="post",
+                     color="tab:red", alpha=0.25)
+    for name, (label, colour, ls) in _OVERLAY_STYLES.items():
+        if name not in smp:
+            continue
+        dens = _density(smp[name][:, f], edges, width)
+        top.stairs(dens, edges, color=colour, ls=ls, label=label)
+        bot.stairs(dens / ratio_ref, edges, color=colour, ls=ls)
+    bot.errorbar(centres, np.ones_like(centres), yerr=np.where(n_ref > 0, 1 / np.sqrt(np.maximum(n_ref, 1)), 0),
+                 fmt="ko", ms=2)
+    bot.axhline(1.0, color="grey", lw=0.8)
+    bot.set_ylim(0.7, 1.3)
+
+
+def _density(values: np.ndarray, edges: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Normalised histogram density of ``values`` in ``edges`` (1/GeV)."""
+    h, _ = np.histogram(values, edges)
+    return h / max(h.sum(), 1) / width
+
+
+def _auc_map_figure(plt: Any, points: list[dict[str, Any]], grid: np.ndarray, names_l: Sequence[str]) -> Any:
+    """The flow ensemble's and moment morphing's AUC at each held-out point over the MC grid."""
+    fig, axes = plt.subplots(1, 2, figsize=(16, 7), squeeze=False)
+    held = np.array([list(p["point"].values()) for p in points])
+    panels = [
+        ("flow ensemble AUC", [p["flow_ensemble"]["joint"]["auc"] for p in points]),
+        ("moment morphing AUC", [p["morph"].get("moment", {}).get("joint", {}).get("auc", np.nan) for p in points]),
+    ]
+    for ax, (title, values) in zip(axes[0], panels):
+        ax.scatter(grid[:, 0], grid[:, 1], marker="x", color="grey", label="MC grid")
+        sc = ax.scatter(held[:, 0], held[:, 1], c=values, cmap="coolwarm", vmin=0.45, vmax=0.65, s=250,
+                        edgecolors="k")
+        for (x, y), v in zip(held, values):
+            ax.annotate(f"{v:.3f}", (x, y), textcoords="offset points", xytext=(0, 12), ha="center", fontsize=10)
+        ax.set_xlabel(f"{names_l[0]} [GeV]")
+        ax.set_ylabel(f"{names_l[1]} [GeV]")
+        ax.set_title(title, fontsize=13)
+        fig.colorbar(sc, ax=ax, label="classifier ROC AUC")
+    fig.subplots_adjust(left=0.07, right=0.97, wspace=0.25)
+    return fig
