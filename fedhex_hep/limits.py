@@ -94,11 +94,13 @@ def training_bytes(config: Any, n_features: int, n_labels: int) -> int:
 
 def generation_bytes(config: Any, n_features: int, n_labels: int, n_points: int, n_events: int, batch_size: int) -> int:
     """Estimated peak bytes to generate ``n_events`` at each of ``n_points`` in batches of ``batch_size``."""
-    model = config.model
-    flows = model.n_blocks * model.ensemble
-    params = flows * _params_per_block(model, n_features, n_labels)
+    model = getattr(config, "model", None)  # None: a sampler that is not one of our flows
     batch = min(batch_size, n_events)
-    activations = flows * batch * _activations_per_event(model, n_features)
+    params = activations = 0
+    if model is not None:
+        flows = model.n_blocks * model.ensemble
+        params = flows * _params_per_block(model, n_features, n_labels)
+        activations = flows * batch * _activations_per_event(model, n_features)
     output = n_points * n_events * (n_features + n_labels + 1) * _FLOAT64
     work = _FLOAT32 * (2 * params + _SAMPLE_ACTIVATION_COPIES * activations) + 4 * batch * n_features * _FLOAT64
     return work + _OUTPUT_COPIES * output

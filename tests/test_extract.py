@@ -170,7 +170,9 @@ def test_processor_embedded_in_another_processor(nanoaod_dir):
 
 
 def test_misspelled_branch_is_named_once_with_a_suggestion(nano_fileset):
-    with pytest.raises(ExtractionError, match=r"'Muon_ptt' is missing.*did you mean 'Muon_pt'\?"):
+    from fedhex_hep.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'input.features.pt' reads branch 'Muon_ptt'.*did you mean 'Muon_pt'\?"):
         extract(nano_config(nano_fileset, **{"input.features": {"pt": "Muon_ptt[0]"}}), progress=False)
 
 
