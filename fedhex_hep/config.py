@@ -1,6 +1,6 @@
 """TOML run configuration: load, validate, override and write back.
 
-Replaces the old ``defs.py``: every run parameter lives in a TOML file (the packaged
+Every run parameter lives in a TOML file (the packaged
 ``default.toml`` supplies defaults), options given on the command line override it, and the
 fully resolved configuration is written next to every artefact.
 """

@@ -44,7 +44,7 @@ def make_samples_cmd(
     ] = "lzma",
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write toy inputs: a NanoAOD-like signal grid (default) or the old 2D Gaussian toys."""
+    """Write toy inputs: a NanoAOD-like signal grid (default) or the FEDHEX 2D Gaussian toys."""
     from fedhex_hep.io.samples import make_samples
 
     paths = make_samples(

@@ -2,8 +2,8 @@
 
 Each input path is one of
 
-- a folder, walked recursively up to ``max_depth`` levels of sub-folders (like the old loader:
-  ``.root`` in any letter case, hidden folders skipped); each file's dataset is the folder it
+- a folder, walked recursively up to ``max_depth`` levels of sub-folders
+  (``.root`` in any letter case, hidden folders skipped); each file's dataset is the folder it
   sits in (the mass-point folder, e.g. ``Phi_1870_omega_9p025``) and the folder name is parsed
   into metadata (``{"Phi": 1870.0, "omega": 9.025}``) that label expressions can use;
 - a glob pattern (``data/*/nano_*.root``, ``**`` allowed), datasets by parent folder as above;

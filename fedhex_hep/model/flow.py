@@ -5,7 +5,7 @@ labels c (n, L). It is a chain of ``tfb.MaskedAutoregressiveFlow`` blocks whose 
 (``tfb.AutoregressiveNetwork``, conditional on c) give either
 
 * ``kind = "maf"``: shift and log-scale, the log-scale bounded as ``B * tanh(raw / B)`` so that
-  a bad step cannot blow up the scale (the old code's tanh, made explicit), or
+  a bad step cannot blow up the scale, or
 * ``kind = "spline"``: the bin widths, heights and knot slopes of a
   ``tfb.RationalQuadraticSpline`` on [-spline_range, spline_range] (identity outside);
 * ``kind = "maf"`` with ``spline_blocks = k``: the k blocks nearest the Gaussian base are spline
@@ -378,7 +378,7 @@ class EnsembleFlow(_FlowBase):
         # Each member samples its own equal share of the rows (q = n // K), at positions picked
         # by a random permutation, instead of drawing every member for every row and keeping
         # one (K times the cost; benchmarks/bench_generate.py). The n - K q < K rows left over
-        # are drawn the old way, from a member picked at random per row, so every row is a
+        # are drawn from a member picked at random per row, so every row is a
         # draw from the mixture also for n < K. Shapes derive from c's static shape under XLA:
         # each batch size compiles once.
         n = tf.shape(c)[0]
