@@ -150,25 +150,41 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
-def test_cli_streams_when_the_output_does_not_fit(tiny_model, tmp_path):
-    from fedhex_hep.model.storage import load_model
+def _cli_generate(model: Path, out: Path, limit: str | None):
+    args = ["generate", str(model), "-n", "60000", "--batch-size", "4000", "--seed", "7", "--label", "1500,4",
+            "--range", "mphi=1400,1600", "-o", str(out)]
+    return run_cli(*args, env={"COLUMNS": "400", **({"FEDHEX_MEMORY_LIMIT": limit} if limit else {})})
 
-    out = tmp_path / "g.parquet"
+
+def test_cli_streams_when_the_output_does_not_fit(tiny_model, tmp_path):
     n, batch = 60_000, 4_000  # in memory: 60,000 x 5 columns x 8 B x 2 = 4.6 MiB > the 2 MiB limit
-    result = run_cli("generate", str(tiny_model), "-n", str(n), "--batch-size", str(batch), "--seed", "7",
-                     "--label", "1500,4", "--range", "mphi=1400,1600", "-o", str(out),
-                     env={"FEDHEX_MEMORY_LIMIT": "2M", "COLUMNS": "400"})
+    streamed_path, memory_path = tmp_path / "s.parquet", tmp_path / "m.parquet"
+    result = _cli_generate(tiny_model, streamed_path, "2M")
     assert result.returncode == 0, result.stderr
     assert "streaming it to" in result.stdout + result.stderr
     assert f"wrote {n} events at 1 mass points" in result.stdout
-    groups = _row_groups(out)
+    groups = _row_groups(streamed_path)
     assert sum(groups) == n and max(groups) <= batch
-    streamed = FeatureSet.load(out)
+    streamed = FeatureSet.load(streamed_path)
     assert streamed.metadata["generation"]["n_events"] == n and streamed.metadata["generation"]["seed"] == 7
     mphi = streamed.column("mphi")
     assert np.all((mphi >= 1400) & (mphi <= 1600)) and np.all(streamed.labels == [1500.0, 4.0])
-    expected = generate(load_model(tiny_model), np.array([[1500.0, 4.0]]), n, seed=7, batch_size=batch,
-                        ranges={"mphi": (1400.0, 1600.0)})
+    result = _cli_generate(tiny_model, memory_path, None)  # fits: generated in memory, same events
+    assert result.returncode == 0, result.stderr
+    assert "streaming" not in result.stdout + result.stderr and f"wrote {n} events" in result.stdout
+    expected = FeatureSet.load(memory_path)
     for name in ["mphi", "momega", "gphi", "gomega", "weight"]:
         assert np.array_equal(streamed.column(name), expected.column(name)), name
+    assert streamed.metadata == expected.metadata
 
+
+def test_cli_morph_is_checked_against_the_memory_limit(tmp_path):
+    mc = toy_featureset().save(tmp_path / "mc.parquet")
+    result = run_cli("generate", str(mc), "--method", "morph", "--label", "1500,4", "-n", "10000000",
+                     "-o", str(tmp_path / "g.parquet"), env={"FEDHEX_MEMORY_LIMIT": "100M"})
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    # output 10^7 events x 5 columns x 8 B x 2 copies + work 4 x 10^7 x 2 features x 8 B = 1.44e9 B
+    assert f"{1.44e9 / 2**30:.1f} GiB" == "1.3 GiB"
+    assert "generating 10,000,000 events at 1 mass point(s) needs about 1.3 GiB of memory, more than the 100.0 MiB" in line
+    assert not (tmp_path / "g.parquet").exists()

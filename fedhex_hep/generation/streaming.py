@@ -165,7 +165,7 @@ def write_generated(
     shape = (model.config, len(model.feature_names), len(model.label_names), len(chosen), gen.n_events, gen.batch_size)
     needed = generation_bytes(*shape)
     if needed <= available_bytes():
-        result = generate_from_config(model_dir, config, chosen, ranges=ranges)
+        result = generate_from_config(model_dir, config, chosen.tolist(), ranges=ranges)
         result.save(output, overwrite=overwrite)
         return len(result), len(chosen)
     log.info("generate: the output needs about %s, more than the %s available: streaming it to %s in row groups "
