@@ -1,7 +1,8 @@
 """Memory bounds checked before work starts: refuse a run that cannot fit, with the estimate.
 
-A model of ``hidden_units = [100000000]`` or ``generate -n 1000000000`` would otherwise take every
-byte of the machine until the kernel kills the process. These estimates are deliberately simple
+A model of ``hidden_units = [100000000]`` or an in-memory generation of 10^9 events would otherwise
+take every byte of the machine until the kernel kills the process; ``fedhex-hep generate`` streams
+an output that does not fit to disk instead (:func:`generation_fits`, :func:`check_streaming`). These estimates are deliberately simple
 (upper-end counts of float32 parameters, optimizer slots and activations; float64 output
 columns) and are compared with the memory the operating system reports as available
 (``psutil.virtual_memory().available``), or with ``FEDHEX_MEMORY_LIMIT`` (bytes, or with a
@@ -26,6 +27,10 @@ __all__ = [
     "generation_bytes",
     "check_training",
     "check_generation",
+    "generation_fits",
+    "streaming_bytes",
+    "stream_rows",
+    "check_streaming",
     "check_config",
 ]
 
@@ -144,6 +149,36 @@ def check_generation(
         needed,
         f"generate the events in parts: e.g. {-(-n_events // part)} runs of '-n {part}' with a different "
         "--seed and --output each (the seeds make the parts independent)",
+    )
+
+
+def generation_fits(
+    config: Any, n_features: int, n_labels: int, n_points: int, n_events: int, batch_size: int
+) -> bool:
+    """Whether the whole output of a generation fits in memory (else: stream it to disk)."""
+    return generation_bytes(config, n_features, n_labels, n_points, n_events, batch_size) <= available_bytes()
+
+
+def streaming_bytes(config: Any, n_features: int, n_labels: int, batch_size: int) -> int:
+    """Estimated peak bytes to stream a generation to disk in draws of ``batch_size`` events:
+    the sampler's work and one batch of output (less than this cannot work)."""
+    return generation_bytes(config, n_features, n_labels, 1, batch_size, batch_size)
+
+
+def stream_rows(config: Any, n_features: int, n_labels: int, batch_size: int) -> int:
+    """Events per row group when streaming: ``batch_size``, fewer when the events waiting for the
+    next row group and the row group being written (two copies each) do not fit beside the work."""
+    per_row = _OUTPUT_COPIES * 2 * (n_features + n_labels + 1) * _FLOAT64
+    work = generation_bytes(config, n_features, n_labels, 0, batch_size, batch_size)
+    return int(max(1, min(batch_size, (available_bytes() - work) // per_row)))
+
+
+def check_streaming(config: Any, n_features: int, n_labels: int, batch_size: int) -> None:
+    """Refuse (MemoryLimitError) a streamed generation when even one batch does not fit in memory."""
+    _refuse(
+        f"generating in batches of {batch_size:,} events",
+        streaming_bytes(config, n_features, n_labels, batch_size),
+        "reduce --batch-size (generation.batch_size)",
     )
 
 

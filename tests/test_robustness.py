@@ -374,11 +374,24 @@ def test_cli_unexpected_error_is_one_line(tmp_path):
     assert line.startswith("error: ") and "features.parquet" in line and "Traceback" not in result.stderr
 
 
-def test_cli_generate_a_billion_events_is_refused_with_the_estimate(tiny_model, tmp_path):
-    result = run_cli("generate", str(tiny_model), "-n", "1000000000", "-o", str(tmp_path / "g.parquet"),
-                     env={"FEDHEX_MEMORY_LIMIT": "8G"})
-    assert result.returncode == 1
-    (line,) = error_lines(result)
+def test_generate_a_billion_events_in_memory_is_refused_with_the_estimate(tiny_model, monkeypatch):
+    from fedhex_hep.generation.sampling import generate
+    from fedhex_hep.model.storage import load_model
+
+    monkeypatch.setenv("FEDHEX_MEMORY_LIMIT", "8G")
+    with pytest.raises(MemoryLimitError) as info:
+        generate(load_model(tiny_model), [[1500.0, 4.0]], 1000000000, seed=1)
+    line = str(info.value)
     assert "generating 1,000,000,000 events at 1 mass point(s) needs about 74.5 GiB of memory, more than the 8.0 GiB" in line
     assert "generate the events in parts: e.g. 10 runs of '-n 100000000' with a different --seed" in line
-    assert not (tmp_path / "g.parquet").exists()
+
+
+def test_cli_generate_is_refused_only_when_one_batch_does_not_fit(tiny_model, tmp_path):
+    # A billion events stream to disk in row groups; a batch of 10^8 events does not fit in 1 GiB.
+    result = run_cli("generate", str(tiny_model), "-n", "1000000000", "--batch-size", "100000000",
+                     "-o", str(tmp_path / "g.parquet"), env={"FEDHEX_MEMORY_LIMIT": "1G"})
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "generating in batches of 100,000,000 events needs about" in line and "more than the 1.0 GiB" in line
+    assert "reduce --batch-size (generation.batch_size)" in line
+    assert list(tmp_path.iterdir()) == []

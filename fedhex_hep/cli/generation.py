@@ -86,46 +86,46 @@ def generate_cmd(
     if scan is not None:
         if method != "flow":
             raise CLIError("--scan needs --method flow (a trained model directory)")
-        from fedhex_hep.generation.scan import run_scan
-
-        path = run_scan(
-            model,
-            scan,
-            cfg.generation.n_events,
-            check_writable(output or Path("output/scan.root"), overwrite=overwrite),
-            bins=parse_bins_options(bins),
-            executor=executor,
-            workers=workers,
-            scheduler=scheduler,
-            seed=cfg.generation.seed,
-            yield_normalised=yield_normalised,
-            overwrite=overwrite,
-            progress=progress,
-            ranges=parsed_ranges,
-            variations=variations,
-            config=cfg,
-        )
+        path = _scan(model, scan, cfg, check_writable(output or Path("output/scan.root"), overwrite=overwrite),
+                     bins=parse_bins_options(bins), executor=executor, workers=workers, scheduler=scheduler,
+                     yield_normalised=yield_normalised, overwrite=overwrite, progress=progress,
+                     ranges=parsed_ranges, variations=variations)
         typer.echo(f"wrote scan templates to {path}")
         return
     output = check_writable(output or Path("output/generated.parquet"), overwrite=overwrite)
-    result = _sample(model, method, cfg, [_parse_point(t) for t in labels or []], parsed_ranges)
-    result.save(output, overwrite=overwrite)
-    typer.echo(f"wrote {len(result)} events at {len(result.label_points())} mass points to {output}")
+    n_written, n_points = _sample(model, method, cfg, [_parse_point(t) for t in labels or []], parsed_ranges,
+                                  output, overwrite)
+    typer.echo(f"wrote {n_written} events at {n_points} mass points to {output}")
 
 
-def _sample(model: Path, method: str, cfg, points: list[list[float]], ranges: dict | None):
-    """Events at ``points`` from the flow in ``model`` or by moment morphing of the MC in ``model``."""
+def _scan(model: Path, scan: str, cfg, output: Path, **options) -> Path:
+    """Templates over the mass grid ``scan`` (``options``: keywords of :func:`run_scan`)."""
+    from fedhex_hep.generation.scan import run_scan
+
+    return run_scan(model, scan, cfg.generation.n_events, output, seed=cfg.generation.seed, config=cfg, **options)
+
+
+def _sample(model: Path, method: str, cfg, points: list[list[float]], ranges: dict | None, output: Path,
+            overwrite: bool) -> tuple[int, int]:
+    """Write events at ``points`` from the flow in ``model`` (streamed to disk when the output does
+    not fit in memory) or by moment morphing of the MC in ``model``; (events, mass points)."""
     if method == "flow":
-        from fedhex_hep.generation.sampling import generate_from_config
+        from fedhex_hep.generation.streaming import write_generated
 
-        return generate_from_config(model, cfg, points or None, ranges=ranges)
+        return write_generated(model, cfg, output, points or None, ranges=ranges, overwrite=overwrite)
     if method == "morph":
         from fedhex_hep.generation.morphing import morph_generate
         from fedhex_hep.io.featureset import FeatureSet
+        from fedhex_hep.limits import check_generation
 
         if not points:
             raise CLIError("--method morph needs at least one --label")
-        return morph_generate(FeatureSet.load(model), points, cfg.generation.n_events, seed=cfg.generation.seed)
+        mc = FeatureSet.load(model)
+        check_generation(None, len(mc.feature_names), len(mc.label_names), len(points), cfg.generation.n_events,
+                         cfg.generation.n_events)
+        result = morph_generate(mc, points, cfg.generation.n_events, seed=cfg.generation.seed)
+        result.save(output, overwrite=overwrite)
+        return len(result), len(result.label_points())
     raise CLIError(f"--method {method!r}: expected flow or morph")
 
 

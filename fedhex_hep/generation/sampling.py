@@ -1,7 +1,8 @@
 """Generate events with a trained flow at any label points: batched, seeded, optional ranges.
 
 Memory: besides the output arrays (N events), at most one batch of ``batch_size`` events is
-alive at a time, whatever N is. Several mass points share one sampler call when ``n_events``
+alive at a time, whatever N is; :func:`fedhex_hep.generation.streaming.generate_to_parquet`
+writes the same events to disk in row groups instead of holding the output. Several mass points share one sampler call when ``n_events``
 is smaller than ``batch_size`` (:func:`points_per_draw`); every call has the same shape, so the
 sampler is traced and compiled once per process. Randomness: draw ``t`` of point group ``g``
 uses the stateless seed pair ``(seed, g * 2**20 + t)``, so the same seed always gives the same
@@ -27,7 +28,7 @@ from fedhex_hep.errors import FedhexError
 from fedhex_hep.limits import check_generation
 from fedhex_hep.naming import point_label
 
-__all__ = ["GenerationError", "generate", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
+__all__ = ["GenerationError", "generate", "generation_info", "generated_metadata", "group_draws", "check_request", "check_ranges", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def out_of_range_messages(model: TrainedModel, point: Sequence[float]) -> list[s
     return messages
 
 
-def _check_ranges(model: TrainedModel, ranges: Mapping[str, Sequence[float]] | None) -> list[tuple[int, float, float]]:
+def check_ranges(model: TrainedModel, ranges: Mapping[str, Sequence[float]] | None) -> list[tuple[int, float, float]]:
+    """``ranges`` as ``(feature index, min, max)`` after checking names and bounds."""
     out = []
     for name, bounds in (ranges or {}).items():
         if name not in model.feature_names:
@@ -95,7 +97,11 @@ def points_per_draw(n_events: int, batch_size: int, cut: bool, n_points: int | N
     return group
 
 
-def _check_request(model: TrainedModel, points: np.ndarray, n_events: int, batch_size: int, max_tries: int) -> np.ndarray:
+def check_request(
+    model: TrainedModel, points: np.ndarray, n_events: int, batch_size: int, max_tries: int, in_memory: bool = True
+) -> np.ndarray:
+    """``points`` as a (k, L) array after checking the request (and, ``in_memory``, that the whole
+    output fits in memory). Labels outside the training range warn."""
     n_labels = len(model.label_names)
     points = np.asarray(points, dtype=np.float64)
     if points.ndim == 1:
@@ -110,7 +116,8 @@ def _check_request(model: TrainedModel, points: np.ndarray, n_events: int, batch
         raise GenerationError(
             f"need n_events >= 0, batch_size >= 1 and max_tries >= 1 (got {n_events}, {batch_size}, {max_tries})"
         )
-    check_generation(model.config, len(model.feature_names), n_labels, len(points), int(n_events), int(batch_size))
+    if in_memory:
+        check_generation(model.config, len(model.feature_names), n_labels, len(points), int(n_events), int(batch_size))
     for point in points:
         for message in out_of_range_messages(model, point):
             log.warning(message)
@@ -139,15 +146,27 @@ def generate(
     ``flow``: another sampler with the model's interface (e.g. one ensemble member).
     ``pad_to``: points per sampler call (see :func:`sample_features`).
     """
-    points = _check_request(model, points, n_events, batch_size, max_tries)
-    cuts = _check_ranges(model, ranges)
+    import awkward as ak
+
+    points = check_request(model, points, n_events, batch_size, max_tries)
+    cuts = check_ranges(model, ranges)
     seed = int(seed) % 2**31
     x, accepted, drawn = sample_features(model, points, n_events, seed, batch_size, cuts, max_tries, flow, pad_to)
     columns = {name: x[:, :, i].reshape(-1) for i, name in enumerate(model.feature_names)}
     for i, name in enumerate(model.label_names):
         columns[name] = np.repeat(points[:, i], n_events)
     columns["weight"] = np.ones(len(points) * n_events)
-    generation = {
+    generation = generation_info(model, points, n_events, seed, batch_size, cuts, accepted, drawn)
+    metadata = generated_metadata(model, generation)
+    return FeatureSet(ak.zip(columns), list(model.feature_names), list(model.label_names), metadata)
+
+
+def generation_info(
+    model: TrainedModel, points: np.ndarray, n_events: int, seed: int, batch_size: int,
+    cuts: list[tuple[int, float, float]], accepted: np.ndarray, drawn: np.ndarray,
+) -> dict[str, Any]:
+    """The ``metadata["generation"]`` record of a generation (seed, request, acceptance per point)."""
+    return {
         "seed": seed,
         "n_events": int(n_events),
         "batch_size": rows_per_draw(n_events, batch_size, bool(cuts)),
@@ -157,22 +176,19 @@ def generate(
         "drawn": drawn.tolist(),
         "accepted": accepted.tolist(),
     }
-    return _featureset(model, columns, generation)
 
 
-def _featureset(model: TrainedModel, columns: dict[str, np.ndarray], generation: dict[str, Any]) -> FeatureSet:
-    import awkward as ak
-
+def generated_metadata(model: TrainedModel, generation: dict[str, Any]) -> dict[str, Any]:
+    """FeatureSet metadata of generated events: source, model, its configuration, version, ``generation``."""
     import fedhex_hep
 
-    metadata: dict[str, Any] = {
+    return {
         "source": "generated",
         "model_path": str(model.path) if model.path is not None else None,
         "config": model.config.to_dict(),
         "version": fedhex_hep.__version__,
         "generation": generation,
     }
-    return FeatureSet(ak.zip(columns), list(model.feature_names), list(model.label_names), metadata)
 
 
 def sample_features(
@@ -207,14 +223,23 @@ def sample_features(
 
 def _fill_group(model, points, group, m, seed, cuts, max_tries, flow, out, accepted, drawn) -> None:
     """Draw until every point of the group holds ``out.shape[1]`` events inside ``cuts`` (in place)."""
-    n_events = out.shape[1]
+    draws = group_draws(model, points, group, m, seed, cuts, max_tries, flow, out.shape[1], accepted, drawn)
+    for k, start, rows in draws:
+        out[k, start : start + len(rows)] = rows
+
+
+def group_draws(model, points, group, m, seed, cuts, max_tries, flow, n_events, accepted, drawn):
+    """Yield ``(k, start, rows)``: the next accepted ``rows`` of point ``k``, its events ``start`` onwards.
+
+    One sampler call of ``group`` x ``m`` rows per draw; ``accepted`` and ``drawn`` are counted in place.
+    """
     padded = np.concatenate([points, np.repeat(points[-1:], group - len(points), axis=0)])
     c = np.repeat(model.preprocessor.transform_labels(padded).astype(np.float32), m, axis=0)
     raw_labels = np.repeat(padded, m, axis=0)
     filled = np.zeros(len(points), dtype=np.int64)
     tries = 0
     while np.any(filled < n_events):
-        if tries >= max_tries:
+        if cuts and tries >= max_tries:  # without ranges every draw fills m events: no limit needed
             k = int(np.argmax(filled < n_events))
             raise GenerationError(
                 f"generation at {point_label(model.label_names, points[k])}: only {filled[k]} of {n_events} events "
@@ -235,7 +260,7 @@ def _fill_group(model, points, group, m, seed, cuts, max_tries, flow, out, accep
             accepted[k] += len(rows)
             drawn[k] += m
             take = min(len(rows), n_events - filled[k])
-            out[k, filled[k] : filled[k] + take] = rows[:take]
+            yield k, int(filled[k]), rows[:take]
             filled[k] += take
 
 

@@ -19,13 +19,19 @@ import numpy as np
 from fedhex_hep.io.atomic import atomic_path
 from fedhex_hep.errors import FedhexError
 
-__all__ = ["FeatureSet", "FeatureSetError", "METADATA_KEY"]
+__all__ = ["FeatureSet", "FeatureSetError", "METADATA_KEY", "file_metadata"]
 
 METADATA_KEY = b"fedhex_hep"
 
 
 class FeatureSetError(FedhexError, ValueError):
     """A FeatureSet file or content problem; the message names the file or column."""
+
+
+def file_metadata(feature_names: Sequence[str], label_names: Sequence[str], metadata: dict[str, Any]) -> dict[bytes, bytes]:
+    """The parquet key-value metadata of a FeatureSet file (column roles and the metadata dict)."""
+    meta = {"feature_names": list(feature_names), "label_names": list(label_names), "metadata": metadata}
+    return {METADATA_KEY: json.dumps(meta).encode()}
 
 
 def _hist_axis(name: str, edges: np.ndarray, unit: str) -> Any:
@@ -225,12 +231,7 @@ class FeatureSet:
 
         columns = [*self.feature_names, *self.label_names, "weight"]
         table = pa.table({name: self.column(name) for name in columns})
-        meta = {
-            "feature_names": self.feature_names,
-            "label_names": self.label_names,
-            "metadata": self.metadata,
-        }
-        table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+        table = table.replace_schema_metadata(file_metadata(self.feature_names, self.label_names, self.metadata))
         with atomic_path(path, overwrite=overwrite) as tmp:
             pq.write_table(table, tmp)
         return Path(path)
