@@ -75,6 +75,8 @@ class InputConfig:
 class PreprocessingConfig:
     features: dict[str, ColumnTransform] = field(default_factory=dict)
     labels: dict[str, ColumnTransform] = field(default_factory=dict)
+    residual: bool = False
+    residual_max_degree: int = 2
 
 
 @dataclass
@@ -108,6 +110,8 @@ class TrainingConfig:
     clip_norm: float = 0.0
     seed: int = 42
     label_jitter: dict[str, float] = field(default_factory=dict)
+    label_jitter_spacing: float = 0.0
+    min_steps_per_epoch: int = 0
 
 
 @dataclass
@@ -210,7 +214,7 @@ _POSITIVE = {
     "generation.max_tries",
     "output.bins",
 }
-_NON_NEGATIVE = {"input.min_events_per_label", "training.patience", "training.clip_norm", "model.spline_blocks"}
+_NON_NEGATIVE = {"preprocessing.residual_max_degree", "training.label_jitter_spacing", "training.min_steps_per_epoch", "input.min_events_per_label", "training.patience", "training.clip_norm", "model.spline_blocks"}
 
 
 def default_config_text() -> str:

@@ -62,7 +62,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: issue 6 "Done when" thresholds (fractions, not percent)
+#: closure goals at held-out points (fractions, not percent)
 GOALS: dict[str, float] = {
     "auc": 0.52,
     "chi2_2d_ndf": 1.3,
@@ -232,12 +232,12 @@ def _goal_check(
     floor_rms: dict[str, Any] | None = None,
     grid_rms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """issue-6 goals for one method at one point (shift/width: or within 2x the floor).
+    """The closure goals (GOALS) for one method at one point (shift/width: or within 2x the floor).
 
     The floor of a shift or width error is its noise level ``floor_rms`` (rms over random
     half-splits) where given; else the single split's own value (reports built by hand).
     With ``grid_rms`` (the training grid's noise, :func:`fedhex_hep.validation.grid_noise.grid_noise`)
-    the noise is the quadrature sum of both: not the issue-6 goal, which counts the reference
+    the noise is the quadrature sum of both: not the closure goal, which counts the reference
     floor only, but whether an error is larger than the statistics of both samples explain.
     """
     checks: dict[str, Any] = {}
@@ -575,11 +575,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "two halves. Shifts and width errors are relative to the MC; "
         "W1 is divided by the MC's IQR/1.349; AUC 0.5 = indistinguishable.",
         "",
-        f"Goals (issue 6): AUC <= {GOALS['auc']}, 2D chi2/ndf <= {GOALS['chi2_2d_ndf']}, "
+        f"Goals: AUC <= {GOALS['auc']}, 2D chi2/ndf <= {GOALS['chi2_2d_ndf']}, "
         f"|median shift| <= {100 * GOALS['median_shift']:.1f}%, |width error| <= {100 * GOALS['width_error']:.0f}% "
         f"(or <= {GOALS['floor_factor']:g}x the floor: the rms of the same number between two reference halves "
         f"over {FLOOR_SPLITS} random splits).",
-        "`within_noise_*` (not the issue-6 goal): the same goals with the floor replaced by the quadrature sum "
+        "`within_noise_*` (not the goal itself): the same goals with the floor replaced by the quadrature sum "
         "of the floor and the training grid's own noise (quantile interpolation from random halves of the "
         "training grid; `fedhex_hep.validation.grid_noise`): whether a miss is larger than both samples' statistics explain.",
         "",
