@@ -6,7 +6,8 @@ tuning). At off-grid points (smooth points, and points inside the cell where the
 prong-merging threshold changes the shapes) events are generated with the flow and with robust
 moment morphing of the same grid, and each is compared with fresh reference MC of the simulator
 at that point (another seed): classifier AUC and 2D chi2/ndf from
-:mod:`fedhex_hep.validation.metrics`, at equal sample sizes.
+:mod:`fedhex_hep.validation.metrics`, at equal sample sizes (the reference's, capped at the
+distinct events morphing can give: see :func:`score_point`).
 
 Scenarios (``SCENARIOS``):
 
@@ -24,7 +25,7 @@ Done-when (per scenario): at smooth points the flow's mean AUC is within +0.005 
 and every 2D chi2/ndf <= max(1.2, morphing's + 0.1); at threshold points the flow beats
 morphing on AUC and 2D chi2/ndf, with AUC <= 0.53.
 
-    python benchmarks/scenarios.py --out /tmp/scenarios [--only demo,coarse] [--set training.epochs=20]
+    python benchmarks/scenarios.py --out /tmp/scenarios [--only demo,coarse] [--set training.epochs=20] [--reuse]
 
 Writes ``<out>/scenarios.md`` (one table per scenario plus the verdicts) and ``scenarios.json``;
 grids, features and models are cached under ``<out>/<scenario>/`` (delete to rebuild).
@@ -128,17 +129,24 @@ def reference(spec: dict[str, Any], points: np.ndarray, workdir: Path, config: A
 
 
 def score_point(point: np.ndarray, ref: np.ndarray, model: Any, grid: Any, seed: int) -> dict[str, Any]:
-    """Flow and robust moment morphing at ``point`` against the reference ``ref`` (n, F)."""
-    from fedhex_hep.generation.morphing import morph_generate
+    """Flow and robust moment morphing at ``point`` against the reference ``ref`` (n, F).
+
+    Morphing re-uses MC events when asked for more than its grid corners hold, and repeated
+    events would inflate its classifier AUC; so both methods are compared with ``n`` events,
+    ``n`` = the reference size capped at the number of distinct events morphing can give.
+    """
+    from fedhex_hep.generation.morphing import MomentMorphing
     from fedhex_hep.generation.sampling import generate
     from fedhex_hep.validation import metrics
+    from fedhex_hep.validation.closure import _morph_cap
 
-    n = len(ref)
+    interp = MomentMorphing(grid, robust=True)
+    n = int(min(len(ref), _morph_cap(interp, point)))
     flow = generate(model, point[None, :], n, seed=seed).features
-    morph = morph_generate(grid, point[None, :], n, seed=seed, kind="moment_robust").features
-    out: dict[str, Any] = {"n_reference": n}
+    morph = interp.sample(point, n, seed=seed)
+    out: dict[str, Any] = {"n_reference": int(len(ref)), "n_compared": n}
     for name, sample in (("flow", flow), ("morph", morph)):
-        joint = metrics.joint_metrics(sample[:n], ref, seed=seed)
+        joint = metrics.joint_metrics(sample[:n], ref[:n], seed=seed)
         out[name] = {"auc": joint["auc"], "chi2_2d_ndf": joint["chi2_2d_ndf"]}
     return out
 
@@ -162,8 +170,12 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_scenario(name: str, spec: dict[str, Any], out: Path, config: Any, seed: int = 0) -> dict[str, Any]:
-    """Train once on the scenario's grid and score every evaluation point."""
+def run_scenario(
+    name: str, spec: dict[str, Any], out: Path, config: Any, seed: int = 0, reuse: bool = False
+) -> dict[str, Any]:
+    """Train once on the scenario's grid (``reuse``: load a model trained before) and score
+    every evaluation point."""
+    from fedhex_hep.model.storage import load_model
     from fedhex_hep.model.training import train
 
     workdir = out / name
@@ -173,8 +185,12 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path, config: Any, seed: 
     points = np.array([p for _, p in kinds], dtype=np.float64)
     ref = reference(spec, points, workdir, config)
     t0 = time.perf_counter()
-    model = train(grid, config, workdir / "model", progress=False, overwrite=True)
-    train_s = time.perf_counter() - t0
+    if reuse and (workdir / "model" / "training.json").exists():
+        model = load_model(workdir / "model")
+        train_s = float(sum(model.info["epoch_seconds"]))
+    else:
+        model = train(grid, config, workdir / "model", progress=False, overwrite=True)
+        train_s = time.perf_counter() - t0
     rows = []
     for (kind, _), point in zip(kinds, points):
         row = score_point(point, ref.features[ref.mask_label(point)], model, grid, seed)
@@ -197,7 +213,8 @@ def markdown(results: list[dict[str, Any]], overrides: dict[str, Any]) -> str:
         lines += [
             f"## {res['scenario']}{held}",
             "",
-            f"{res['grid_points']} grid points, {res['events']:,} selected events; training {res['train_seconds']:.0f} s.",
+            f"{res['grid_points']} grid points, {res['events']:,} selected events; training {res['train_seconds']:.0f} s "
+            "(wall time on the machine the suite ran on, shared or not).",
             "",
             "| point (m_Phi, m_omega) | kind | flow AUC | flow 2D chi2/ndf | morphing AUC | morphing 2D chi2/ndf |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -220,13 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("output/scenarios"))
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenario names")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (TOML value)")
+    parser.add_argument("--reuse", action="store_true", help="score models already trained in --out")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
     config = load_config(overrides=overrides or None)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.only.split(","):
-        results.append(run_scenario(name, SCENARIOS[name], args.out, config))
+        results.append(run_scenario(name, SCENARIOS[name], args.out, config, reuse=args.reuse))
         (args.out / "scenarios.json").write_text(json.dumps(results, indent=2))
         (args.out / "scenarios.md").write_text(markdown(results, overrides))
     print(markdown(results, overrides))
