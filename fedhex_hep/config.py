@@ -76,6 +76,8 @@ class InputConfig:
 class PreprocessingConfig:
     features: dict[str, ColumnTransform] = field(default_factory=dict)
     labels: dict[str, ColumnTransform] = field(default_factory=dict)
+    residual: bool = False
+    residual_max_degree: int = 2
 
 
 @dataclass
@@ -109,6 +111,8 @@ class TrainingConfig:
     clip_norm: float = 0.0
     seed: int = 42
     label_jitter: dict[str, float] = field(default_factory=dict)
+    label_jitter_spacing: float = 0.0
+    min_steps_per_epoch: int = 0
 
 
 @dataclass
@@ -228,6 +232,9 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "generation.max_tries": (1, 10**6, True),
     "output.bins": (1, 10**5, True),
     "generation.xsec": (0.0, 1e15, True),
+    "preprocessing.residual_max_degree": (0, 3, True),
+    "training.label_jitter_spacing": (0.0, 10.0, True),
+    "training.min_steps_per_epoch": (0, 10**6, True),
     "generation.lumi": (0.0, 1e15, True),
 }
 _HIDDEN_UNITS_MAX = 10**6

@@ -77,8 +77,10 @@ def test_user_feature_table_replaces_default_and_drops_default_preprocessing():
     assert cfg.feature_names == ["mass"]
     assert cfg.label_names == ["m"]
     assert cfg.preprocessing.features == {}
-    # the default smearing of m_Phi names a label of the reference analysis: dropped with its names
-    assert load_config().training.label_jitter == {"labelphi": 0.1}
+    # explicit per-label smearing names labels: a config with its own labels starts with none;
+    # the default smearing follows each label's grid spacing, whatever the names
+    assert load_config().training.label_jitter == {}
+    assert load_config().training.label_jitter_spacing == cfg.training.label_jitter_spacing > 0
     assert cfg.training.label_jitter == {}
     own = config_from_dict({"input": {"labels": {"m": "mass_point"}}, "training": {"label_jitter": {"m": 0.2}}})
     assert own.training.label_jitter == {"m": 0.2}

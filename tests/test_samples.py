@@ -171,6 +171,28 @@ def test_shapes_change_nonlinearly_with_omega(tmp_path):
     assert np.max(np.abs(low - lin)) > 0.04
 
 
+def _low_share(path: Path) -> float:
+    """Share of selected events whose omega mass is below 80% of the generated one."""
+    a = _read(path)
+    sel = _selected(a)
+    m = _pick(a.TwoProng_massPi0[sel], np.asarray(a.CBL_RecoPhi_twoprongindex)[sel])
+    return float(np.mean(m < 0.8 * float(a.GenOmega_mass[0, 0])))
+
+
+def test_threshold_turns_on_within_a_cell_at_an_edge_moving_with_m_phi(tmp_path):
+    """--threshold 0.3: below m_omega = 0.3 GeV x m_Phi / TeV about 60% of the two-prongs are
+    reconstructed from one prong (a low-mass population); 25% above the edge, almost none."""
+    edges = {2000.0: 0.6, 4000.0: 1.2}
+    for phi, edge in edges.items():
+        below = make_signal_grid(tmp_path / "b", [phi], [0.8 * edge], n_events=3000, seed=2, threshold=0.3)[0]
+        above = make_signal_grid(tmp_path / "a", [phi], [1.25 * edge], n_events=3000, seed=2, threshold=0.3)[0]
+        plain = make_signal_grid(tmp_path / "p", [phi], [1.25 * edge], n_events=3000, seed=2)[0]
+        assert _low_share(below) > _low_share(plain) + 0.4
+        assert abs(_low_share(above) - _low_share(plain)) < 0.05
+    with pytest.raises(SampleError, match="threshold"):
+        make_signal_grid(tmp_path / "x", [1000], [1.0], n_events=10, threshold=-1.0)
+
+
 def test_seeded_reproducibility(tmp_path):
     a1 = make_signal_grid(tmp_path / "a", [1000], [5.0], n_events=500, seed=7)
     a2 = make_signal_grid(tmp_path / "b", [1000], [5.0], n_events=500, seed=7)

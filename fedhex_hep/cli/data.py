@@ -43,6 +43,10 @@ def make_samples_cmd(
         str, typer.Option(help="ROOT compression: lzma (smallest), zlib (fastest) or none.")
     ] = "lzma",
     overwrite: OverwriteOpt = False,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(help="Prong merging below m_omega = THRESHOLD x m_Phi / 1000 GeV (signal)."),
+    ] = None,
 ) -> None:
     """Write toy inputs: a NanoAOD-like signal grid (default) or the FEDHEX 2D Gaussian toys."""
     from fedhex_hep.io.samples import make_samples
@@ -61,6 +65,7 @@ def make_samples_cmd(
         rho=rho,
         overwrite=overwrite,
         compression=compression,
+        threshold=threshold,
     )
     typer.echo(f"wrote {len(paths)} files under {outdir}")
 

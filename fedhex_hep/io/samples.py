@@ -1,4 +1,4 @@
-"""Toy input samples: a NanoAOD-like Phi -> gamma omega signal grid and the old 2D Gaussian toys.
+"""Toy input samples: a NanoAOD-like Phi -> gamma omega signal grid and FEDHEX's 2D Gaussian toys.
 
 All samples share one layout: one folder per mass point named ``<Name>_<value>_<Name>_<value>``
 (``p`` for the decimal point, ``m`` for a minus sign, e.g. ``Phi_1870_omega_9p025``), holding
@@ -28,7 +28,7 @@ Signal grid (``make_signal_grid``, ``fedhex-hep make-samples signal``)
     reconstruction and isolation efficiencies depend on the kinematics.
 
 Gaussian toys (``make_gaussian_grid`` / ``make_gaussian_line``, kinds ``grid`` / ``line``)
-    The old FEDHEX 2D Gaussian toys: for each mean (mx, my) a correlated 2D Gaussian.
+    FEDHEX's 2D Gaussian toys: for each mean (mx, my) a correlated 2D Gaussian.
     ``grid`` uses every (x, y) pair of the two mean lists; ``line`` pairs them element-wise
     (points along a line). Folders ``x_<mx>_y_<my>``, flat float32 branches ``x``, ``y``
     (features) and ``label_x``, ``label_y`` (the means, labels), plus ``run``, ``event``.
@@ -88,15 +88,13 @@ class SampleError(FedhexError, ValueError):
 #: 220 GeV photon-pt cut sculpts the acceptance (photon pt ~ m_Phi/2 * sin(theta*)); omega
 #: masses span the change of decay-mode mixture (missing-pi0 sigmoid around 4 GeV, 1 GeV wide)
 #: and, with m_Phi, the prong-merging regime (boost p/m_omega ~ 250). The spacing is set by
-#: those shape changes: on a 5 x 5 grid (omega 2.5 -> 5 -> 7.5) the Phi-mass width
-#: changes by a factor 2.5 from m_omega = 2.5 to 5 GeV, and a flow trained without (1500, 5)
-#: gave an 18% too narrow width there (README, "At mass points the model never saw").
+#: those shape changes: the Phi-mass width changes by a factor 2.5 from m_omega = 2.5 to
+#: 5 GeV, too fast for a 5 x 5 grid (omega 2.5 -> 5 -> 7.5) to pin down between its points.
 #: m_omega is densest at 4-9 GeV, where the missing-pi0 fraction bends over and a held-out
-#: point's widths follow the noise of its grid neighbours (8 x 9 -> 8 x 13: width errors
-#: against a large truth 2.43% -> 1.46% rms; README, issue 6).
+#: point's widths follow the noise of its grid neighbours.
 #: 8 x 13 points; the default generation label (1750, 6.25) lies off the grid. 10,000 events
-#: per point give 4.5k-6.6k selected events per point; with 5000 (until the eighteenth
-#: session) the closure at held-out points missed one width goal (README, issue 6).
+#: per point give 4.5k-6.6k selected events per point, enough for the closure goals at
+#: held-out points.
 DEMO_GRID: dict[str, Any] = {
     "phi": (750.0, 1000.0, 1250.0, 1500.0, 1750.0, 2000.0, 2500.0, 3000.0),
     "omega": (1.0, 1.75, 2.5, 3.25, 4.0, 4.5, 5.0, 5.5, 6.0, 6.75, 7.5, 8.75, 10.0),
@@ -121,8 +119,8 @@ DEMO_COMMAND: str = (
     f"--events {DEMO_GRID['events']} --seed {DEMO_GRID['seed']} --overwrite"
 )
 
-#: Large, independent reference samples at nine interior demo points for closure tests
-#: (issue 6): >= 20k selected events per point (selection efficiency is ~40-65%). No two of
+#: Large, independent reference samples at nine interior demo points for closure tests:
+#: >= 20k selected events per point (selection efficiency is ~40-65%). No two of
 #: them are grid neighbours, so all nine can be held out of one training and each keeps its
 #: direct neighbours. Not shipped (tens of MB); generated on demand with another seed than
 #: ``data/demo``.
@@ -345,16 +343,30 @@ def _jagged_sorted(n, evt, fields: dict[str, np.ndarray], sort_key: np.ndarray):
     return counts, {k: v[order] for k, v in fields.items()}, pos
 
 
-def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Simulate ``n`` events at (m_Phi, m_omega) in GeV; return the branch arrays (numpy/awkward)."""
-    import awkward as ak
+def _simulate_point(
+    phi_mass: float, omega_mass: float, n: int, rng: np.random.Generator, threshold: float | None = None
+) -> dict[str, Any]:
+    """Simulate ``n`` events at (m_Phi, m_omega) in GeV; return the branch arrays (numpy/awkward).
 
+    ``threshold`` (GeV, optional): m_omega at m_Phi = 1000 GeV below which the two prongs
+    merge (the edge scales with m_Phi; see :func:`_threshold_merge`). The steps below draw
+    from ``rng`` in a fixed order, so a point's events depend only on its seed.
+    """
     M = float(phi_mass)
     w = float(omega_mass)
     if not (M > 0 and w > 0 and w < M):
         raise SampleError(f"mass point Phi={M}, omega={w}: need 0 < m_omega < m_Phi (GeV)")
+    truth = _production_and_decay(M, w, n, rng)
+    tp = _signal_twoprong(M, w, n, rng, truth, threshold)
+    ph = _signal_photon(n, rng, truth)
+    extra = _extra_candidates(n, rng, truth)
+    lists = _candidate_lists(n, ph, tp, extra)
+    region, ph_idx, tp_idx = _pair_and_isolate(n, rng, lists, tp)
+    return _branches(M, w, n, lists, region, ph_idx, tp_idx)
 
-    # ---- Phi production: pt spectrum (ISR recoil), rapidity, azimuth
+
+def _production_and_decay(M: float, w: float, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Phi production (ISR-recoil pt, rapidity, azimuth) and its isotropic decay to gamma omega."""
     pt_phi = rng.gamma(2.0, _PHI_PT_MEAN / 2.0, n)
     y_phi = rng.normal(0.0, 0.8, n)
     az_phi = rng.uniform(-np.pi, np.pi, n)
@@ -362,8 +374,6 @@ def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.G
     P = np.stack([pt_phi * np.cos(az_phi), pt_phi * np.sin(az_phi), mt * np.sinh(y_phi)])
     E = mt * np.cosh(y_phi)
     beta = P / E
-
-    # ---- isotropic two-body decay Phi -> gamma omega in the rest frame
     pstar = (M * M - w * w) / (2.0 * M)
     cth = rng.uniform(-1.0, 1.0, n)
     sth = np.sqrt(1.0 - cth * cth)
@@ -371,29 +381,33 @@ def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.G
     g = _boost(pstar * sth * np.cos(az), pstar * sth * np.sin(az), pstar * cth, np.full(n, pstar),
                beta[0], beta[1], beta[2])
     o = (P[0] - g[0], P[1] - g[1], P[2] - g[2], E - g[3])
+    return {"pt_phi": pt_phi, "az_phi": az_phi, "g": g, "o": o}
 
-    # ---- omega decay mode: fully visible, or a pi0 escapes (visible mass and momentum lower).
+
+def _signal_twoprong(
+    M: float, w: float, n: int, rng: np.random.Generator, truth: dict[str, Any], threshold: float | None
+) -> dict[str, Any]:
+    """The omega's decay mode, prong merging and the reconstructed signal two-prong."""
+    o = truth["o"]
+    # omega decay mode: fully visible, or a pi0 escapes (visible mass and momentum lower).
     # The missing-pi0 fraction rises along a sigmoid in m_omega: a shape change within cells.
     f_missing = 0.06 + 0.26 * _sigmoid((w - _MISSING_PI0_MID) / 1.0)
     missing = rng.random(n) < f_missing
     vis_frac = np.where(missing, rng.beta(6.0, 2.5, n), 1.0)      # visible momentum fraction
     vis_mass = np.where(missing, w * rng.uniform(0.45, 0.85, n), w)
-    o_px, o_py, o_pz = o[0] * vis_frac, o[1] * vis_frac, o[2] * vis_frac
-    o_pt, o_eta, o_az = _pt_eta_phi(o_px, o_py, o_pz)
+    o_pt, o_eta, o_az = _pt_eta_phi(o[0] * vis_frac, o[1] * vis_frac, o[2] * vis_frac)
     o_p = np.sqrt(o[0] ** 2 + o[1] ** 2 + o[2] ** 2)
-
-    # ---- prong merging at high boost p/m_omega
-    boost = o_p / w
-    p_merge = _sigmoid((np.log(boost) - np.log(_MERGE_BOOST)) / 0.35)
+    # prong merging at high boost p/m_omega
+    p_merge = _sigmoid((np.log(o_p / w) - np.log(_MERGE_BOOST)) / 0.35)
     merged = rng.random(n) < p_merge
-
-    # ---- reconstructed signal two-prong
     rel_res = 0.025 + 0.004 * w                                   # resolution grows with m_omega
     rel_res = np.where(merged, 1.8 * rel_res, rel_res)
     bias = np.where(merged, -0.03, 0.0)
     m_reco = vis_mass * (1.0 + bias + rel_res * rng.standard_normal(n))
     tail = rng.random(n) < 0.10                                   # low-side tail (lost neutrals)
     m_reco = np.where(tail, m_reco * (1.0 - rng.exponential(0.08, n)), m_reco)
+    if threshold is not None:
+        m_reco = _threshold_merge(m_reco, M, w, float(threshold), rng)
     m_reco = np.maximum(m_reco, 0.05 * w)
     tp_pt = o_pt * (1.0 + (0.02 + 0.02 * o_pt / 1000.0) * rng.standard_normal(n))
     tp_pt = np.maximum(tp_pt, 1.0)
@@ -402,8 +416,13 @@ def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.G
     tp_mass = m_reco * rng.uniform(0.55, 0.95, n)                 # charged-only mass
     eff_tp = 0.95 * (1.0 - 0.25 * merged) * np.where(missing, 0.85, 1.0)
     tp_ok = (np.abs(tp_eta) < 2.5) & (tp_pt > 20.0) & (rng.random(n) < eff_tp)
+    return {"pt": tp_pt, "eta": tp_eta, "phi": tp_phi, "mass": tp_mass, "massPi0": m_reco, "ok": tp_ok,
+            "merged": merged, "p_merge": p_merge}
 
-    # ---- reconstructed signal photon: ~2% resolution, low-side conversion tail
+
+def _signal_photon(n: int, rng: np.random.Generator, truth: dict[str, Any]) -> dict[str, Any]:
+    """The reconstructed signal photon: ~2% resolution, low-side conversion tail, acceptance."""
+    g = truth["g"]
     ph_pt_true, ph_eta_true, ph_az_true = _pt_eta_phi(g[0], g[1], g[2])
     scale = 1.0 + _PHOTON_RES * rng.standard_normal(n)
     conv = rng.random(n) < _PHOTON_TAIL_FRAC
@@ -413,70 +432,85 @@ def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.G
     ph_phi = _wrap_phi(ph_az_true + 0.001 * rng.standard_normal(n))
     aeta = np.abs(ph_eta)
     ph_ok = (aeta < 2.5) & ~((aeta > 1.4442) & (aeta < 1.566)) & (rng.random(n) < 0.96)
+    return {"pt": ph_pt, "eta": ph_eta, "phi": ph_phi, "ok": ph_ok}
 
-    # ---- extra candidates: soft photons; two-prongs from the hadronic recoil
+
+def _extra_candidates(n: int, rng: np.random.Generator, truth: dict[str, Any]) -> dict[str, Any]:
+    """Extra candidates: soft photons, and two-prongs from the hadronic recoil."""
+    pt_phi, az_phi = truth["pt_phi"], truth["az_phi"]
     n_xph = rng.poisson(0.4, n)
     n_xtp = rng.poisson(0.5, n)
     evt_xph = np.repeat(np.arange(n), n_xph)
     evt_xtp = np.repeat(np.arange(n), n_xtp)
     k, j = len(evt_xph), len(evt_xtp)
-    xph_pt = 15.0 + rng.exponential(30.0, k)
-    xph_eta = rng.uniform(-2.5, 2.5, k)
-    xph_phi = rng.uniform(-np.pi, np.pi, k)
+    ph = {"evt": evt_xph, "pt": 15.0 + rng.exponential(30.0, k), "eta": rng.uniform(-2.5, 2.5, k),
+          "phi": rng.uniform(-np.pi, np.pi, k)}
     xtp_pt = 20.0 + rng.exponential(25.0, j) + rng.uniform(0.0, 0.8, j) * pt_phi[evt_xtp]
     xtp_eta = np.clip(rng.normal(0.0, 1.2, j), -2.45, 2.45)
     xtp_phi = _wrap_phi(az_phi[evt_xtp] + np.pi + rng.normal(0.0, 0.6, j))
     xtp_mpi0 = 0.3 + rng.exponential(1.5, j)
-    xtp_mass = xtp_mpi0 * rng.uniform(0.5, 0.95, j)
+    tp = {"evt": evt_xtp, "pt": xtp_pt, "eta": xtp_eta, "phi": xtp_phi,
+          "mass": xtp_mpi0 * rng.uniform(0.5, 0.95, j), "massPi0": xtp_mpi0}
+    return {"photon": ph, "twoprong": tp}
 
-    # ---- candidate lists sorted by pt (NanoAOD convention); remember where the signal went
+
+def _sorted_collection(n: int, sig: dict[str, Any], extra: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """Signal + extra candidates as pt-sorted per-event lists (NanoAOD convention), with the
+    sorted index of the signal candidate and of the leading extra candidate (-1 if none)."""
+    ok = sig["ok"]
     ev = np.arange(n)
-    ph_evt = np.concatenate([ev[ph_ok], evt_xph])
-    ph_sig = np.concatenate([np.ones(ph_ok.sum(), bool), np.zeros(k, bool)])
-    ph_first_extra = np.concatenate([np.zeros(ph_ok.sum(), bool), _first_of_event(evt_xph, xph_pt, n)])
-    nph, phf, ph_pos = _jagged_sorted(
-        n, ph_evt,
-        {"pt": np.concatenate([ph_pt[ph_ok], xph_pt]),
-         "eta": np.concatenate([ph_eta[ph_ok], xph_eta]),
-         "phi": np.concatenate([ph_phi[ph_ok], xph_phi])},
-        np.concatenate([ph_pt[ph_ok], xph_pt]),
+    evt = np.concatenate([ev[ok], extra["evt"]])
+    is_sig = np.concatenate([np.ones(ok.sum(), bool), np.zeros(len(extra["evt"]), bool)])
+    first_extra = np.concatenate([np.zeros(ok.sum(), bool), _first_of_event(extra["evt"], extra["pt"], n)])
+    pt = np.concatenate([sig["pt"][ok], extra["pt"]])
+    counts, flat, pos = _jagged_sorted(
+        n, evt, {f: np.concatenate([sig[f][ok], extra[f]]) for f in fields}, pt
     )
-    tp_evt = np.concatenate([ev[tp_ok], evt_xtp])
-    ntp, tpf, tp_pos = _jagged_sorted(
-        n, tp_evt,
-        {"pt": np.concatenate([tp_pt[tp_ok], xtp_pt]),
-         "eta": np.concatenate([tp_eta[tp_ok], xtp_eta]),
-         "phi": np.concatenate([tp_phi[tp_ok], xtp_phi]),
-         "mass": np.concatenate([tp_mass[tp_ok], xtp_mass]),
-         "massPi0": np.concatenate([m_reco[tp_ok], xtp_mpi0])},
-        np.concatenate([tp_pt[tp_ok], xtp_pt]),
-    )
-    tp_sig = np.concatenate([np.ones(tp_ok.sum(), bool), np.zeros(j, bool)])
-    tp_first_extra = np.concatenate([np.zeros(tp_ok.sum(), bool), _first_of_event(evt_xtp, xtp_pt, n)])
+    return {"counts": counts, "flat": flat, "sig_idx": _scatter_index(n, evt, pos, is_sig),
+            "lead_extra_idx": _scatter_index(n, evt, pos, first_extra)}
 
-    # index (after sorting) of the signal candidate / leading extra candidate, -1 if none
-    sig_ph_idx = _scatter_index(n, ph_evt, ph_pos, ph_sig)
-    lead_xph_idx = _scatter_index(n, ph_evt, ph_pos, ph_first_extra)
-    sig_tp_idx = _scatter_index(n, tp_evt, tp_pos, tp_sig)
-    lead_xtp_idx = _scatter_index(n, tp_evt, tp_pos, tp_first_extra)
 
-    # ---- CBL pairing: the signal photon if reconstructed, else the leading extra photon; the
-    # signal two-prong, except for a mis-pairing with a recoil two-prong (more often when the
-    # signal prongs are merged, and sometimes when the signal two-prong was lost)
+def _candidate_lists(n: int, ph: dict[str, Any], tp: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "photon": _sorted_collection(n, ph, extra["photon"], ("pt", "eta", "phi")),
+        "twoprong": _sorted_collection(n, tp, extra["twoprong"], ("pt", "eta", "phi", "mass", "massPi0")),
+    }
+
+
+def _pair_and_isolate(
+    n: int, rng: np.random.Generator, lists: dict[str, Any], tp: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CBL pairing and isolation: (region, photon index, two-prong index) per event.
+
+    The signal photon if reconstructed, else the leading extra photon; the signal two-prong,
+    except for a mis-pairing with a recoil two-prong (more often when the signal prongs are
+    merged, and sometimes when the signal two-prong was lost). Region 1 = isolated pair,
+    2 = pair failing isolation, 0 = no pair.
+    """
+    sig_ph_idx, lead_xph_idx = lists["photon"]["sig_idx"], lists["photon"]["lead_extra_idx"]
+    sig_tp_idx, lead_xtp_idx = lists["twoprong"]["sig_idx"], lists["twoprong"]["lead_extra_idx"]
     ph_idx = np.where(sig_ph_idx >= 0, sig_ph_idx, lead_xph_idx)
-    p_mis = 0.02 + 0.04 * p_merge
+    p_mis = 0.02 + 0.04 * tp["p_merge"]
     use_wrong = np.where(sig_tp_idx >= 0, rng.random(n) < p_mis, rng.random(n) < 0.15)
     tp_idx = np.where(use_wrong & (lead_xtp_idx >= 0), lead_xtp_idx, sig_tp_idx)
     pair = (ph_idx >= 0) & (tp_idx >= 0)
-
-    # ---- isolation: region 1 = isolated pair, 2 = pair failing isolation, 0 = no pair
     tp_is_signal = pair & (tp_idx == sig_tp_idx)
-    iso_tp = np.where(tp_is_signal, 0.93 - 0.08 * merged, 0.55)
+    iso_tp = np.where(tp_is_signal, 0.93 - 0.08 * tp["merged"], 0.55)
     iso_ph = np.where(ph_idx == sig_ph_idx, 0.95, 0.6)
     iso = (rng.random(n) < iso_tp) & (rng.random(n) < iso_ph)
     region = np.where(pair, np.where(iso, 1, 2), 0).astype(np.int32)
+    return region, ph_idx, tp_idx
 
-    # ---- reconstructed Phi mass from the chosen pair (region 1 only; -1 elsewhere)
+
+def _branches(
+    M: float, w: float, n: int, lists: dict[str, Any], region: np.ndarray, ph_idx: np.ndarray, tp_idx: np.ndarray
+) -> dict[str, Any]:
+    """The reconstructed Phi mass of the chosen pair (region 1 only; -1 elsewhere) and every
+    branch, floats with NanoAOD-like reduced mantissas."""
+    import awkward as ak
+
+    nph, phf = lists["photon"]["counts"], lists["photon"]["flat"]
+    ntp, tpf = lists["twoprong"]["counts"], lists["twoprong"]["flat"]
     phoff = np.concatenate(([0], np.cumsum(nph)[:-1]))
     tpoff = np.concatenate(([0], np.cumsum(ntp)[:-1]))
     sel = region == 1
@@ -485,15 +519,11 @@ def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.G
     reco = np.full(n, -1.0)
     reco[sel] = _inv_mass(phf["pt"][gi], phf["eta"][gi], phf["phi"][gi], 0.0,
                           tpf["pt"][ti], tpf["eta"][ti], tpf["phi"][ti], tpf["massPi0"][ti])
-    ph_idx_out = np.where(sel, ph_idx, -1).astype(np.int32)
-    tp_idx_out = np.where(sel, tp_idx, -1).astype(np.int32)
 
     def jag(values: np.ndarray, counts: np.ndarray, bits: int) -> ak.Array:
         return ak.unflatten(_round_mantissa(values, bits), counts)
 
-    photon = ak.zip(
-        {"pt": jag(phf["pt"], nph, 12), "eta": jag(phf["eta"], nph, 10), "phi": jag(phf["phi"], nph, 10)},
-    )
+    photon = ak.zip({"pt": jag(phf["pt"], nph, 12), "eta": jag(phf["eta"], nph, 10), "phi": jag(phf["phi"], nph, 10)})
     twoprong = ak.zip(
         {"pt": jag(tpf["pt"], ntp, 12), "eta": jag(tpf["eta"], ntp, 10), "phi": jag(tpf["phi"], ntp, 10),
          "mass": jag(tpf["mass"], ntp, 12), "massPi0": jag(tpf["massPi0"], ntp, 16)},
@@ -507,9 +537,29 @@ def _simulate_point(phi_mass: float, omega_mass: float, n: int, rng: np.random.G
         "GenOmega": ak.zip({"mass": ak.unflatten(np.full(n, w, dtype=np.float32), ones)}),
         "CBL_Region": region,
         "CBL_RecoPhi_mass": _round_mantissa(reco, 16),
-        "CBL_RecoPhi_photonindex": ph_idx_out,
-        "CBL_RecoPhi_twoprongindex": tp_idx_out,
+        "CBL_RecoPhi_photonindex": np.where(sel, ph_idx, -1).astype(np.int32),
+        "CBL_RecoPhi_twoprongindex": np.where(sel, tp_idx, -1).astype(np.int32),
     }
+
+
+#: width of the prong-merging turn-on of ``make_signal_grid(threshold=...)``, in log(m_omega)
+THRESHOLD_WIDTH = 0.05
+#: share of events whose prongs merge well below the threshold
+THRESHOLD_MAX_SHARE = 0.6
+
+
+def _threshold_merge(m_reco: np.ndarray, M: float, w: float, threshold: float, rng: np.random.Generator) -> np.ndarray:
+    """A prong-merging turn-on: below m_omega = ``threshold`` * m_Phi / 1000 GeV (a fixed boost
+    m_Phi / m_omega, where the two prongs stop being resolved) a share of the events, rising
+    to THRESHOLD_MAX_SHARE within a few percent of m_omega, is reconstructed from the leading
+    prong alone: 35-75% of the pair's mass, more smeared. A shape change within one grid cell
+    whose place in m_omega moves with m_Phi."""
+    edge = threshold * M / 1000.0
+    share = THRESHOLD_MAX_SHARE * float(_sigmoid((np.log(edge) - np.log(w)) / THRESHOLD_WIDTH))
+    n = len(m_reco)
+    merged = rng.random(n) < share
+    frac = rng.uniform(0.35, 0.75, n) * (1.0 + 0.08 * rng.standard_normal(n))
+    return np.where(merged, m_reco * frac, m_reco)
 
 
 def _first_of_event(evt: np.ndarray, pt: np.ndarray, n: int) -> np.ndarray:
@@ -560,6 +610,7 @@ def make_signal_grid(
     files_per_point: int = 1,
     overwrite: bool = False,
     compression: str = "lzma",
+    threshold: float | None = None,
 ) -> list[Path]:
     """Write a NanoAOD-like Phi -> gamma omega signal grid (masses in GeV); return the files.
 
@@ -570,8 +621,12 @@ def make_signal_grid(
     refused unless ``overwrite``. ``compression``: "lzma" (default, smallest, as NanoAOD),
     "zlib" (fastest to write and read, ~60% larger) or "none". Floats are stored with
     NanoAOD-like reduced mantissa precision (16 bits for the two features, 10-12 elsewhere).
+    ``threshold`` (GeV): add a prong-merging turn-on below m_omega = threshold * m_Phi / 1000
+    GeV (a shape change within one grid cell); None (default): no such turn-on.
     """
     _codec(compression)  # refuse a bad name before any work
+    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
+        raise SampleError(f"threshold must be a positive m_omega in GeV, got {threshold!r}")
     phis = _as_mass_list(phi_masses, "phi masses")
     omegas = _as_mass_list(omega_masses, "omega masses")
     if isinstance(files_per_point, bool) or int(files_per_point) != files_per_point or files_per_point < 1:
@@ -587,7 +642,7 @@ def make_signal_grid(
                 if n_file == 0:
                     continue
                 rng = _point_rng(seed, phi, omega, i)
-                data = _simulate_point(phi, omega, n_file, rng)
+                data = _simulate_point(phi, omega, n_file, rng, threshold)
                 event = np.arange(first_event, first_event + n_file, dtype=np.uint64)
                 first_event += n_file
                 branches = {
@@ -647,7 +702,7 @@ def make_gaussian_grid(
     overwrite: bool = False,
     compression: str = "lzma",
 ) -> list[Path]:
-    """Old FEDHEX toy: a 2D Gaussian (``sigma``, correlation ``rho``) at every (x, y) mean pair."""
+    """FEDHEX's toy: a 2D Gaussian (``sigma``, correlation ``rho``) at every (x, y) mean pair."""
     xs = _as_mass_list(x_means, "x means")
     ys = _as_mass_list(y_means, "y means")
     return _gaussian_points(
@@ -666,7 +721,7 @@ def make_gaussian_line(
     overwrite: bool = False,
     compression: str = "lzma",
 ) -> list[Path]:
-    """Old FEDHEX toy: 2D Gaussians at means along a line, (x_means[i], y_means[i]) pairwise."""
+    """FEDHEX's toy: 2D Gaussians at means along a line, (x_means[i], y_means[i]) pairwise."""
     xs = _as_mass_list(x_means, "x means", unique=False)
     ys = _as_mass_list(y_means, "y means", unique=False)
     if len(xs) != len(ys):
@@ -696,12 +751,14 @@ def make_samples(
     rho: float = 0.0,
     overwrite: bool = False,
     compression: str = "lzma",
+    threshold: float | None = None,
 ) -> list[Path]:
     """Dispatcher behind ``fedhex-hep make-samples KIND OUTDIR``; options map 1:1 to CLI flags.
 
     ``--phi/--omega`` (signal; default: the demo grid), ``--x/--y`` (grid/line means),
     ``--events`` (per point), ``--seed``, ``--files-per-point`` (signal), ``--sigma``/``--rho``
-    (Gaussian toys), ``--overwrite``, ``--compression`` (lzma|zlib|none). Lists may be given
+    (Gaussian toys), ``--overwrite``, ``--compression`` (lzma|zlib|none), ``--threshold``
+    (signal: m_omega in GeV at m_Phi = 1 TeV below which the prongs merge). Lists may be given
     as "1,2,3" strings.
     """
     if kind not in _KINDS:
@@ -718,7 +775,10 @@ def make_samples(
             files_per_point=files_per_point,
             overwrite=overwrite,
             compression=compression,
+            threshold=threshold,
         )
+    if threshold is not None:
+        raise SampleError(f"option --threshold is for 'signal' samples, not {kind!r}")
     if phi is not None or omega is not None:
         raise SampleError(f"options --phi/--omega are for 'signal' samples, not {kind!r} (use --x/--y)")
     if files_per_point != 1:

@@ -5,6 +5,9 @@ Each column ``x`` becomes ``standardise(transform(x / relative_to))``:
 * ``relative_to``: divide by a label, e.g. reconstructed / generated mass (the detector
   response), which makes the conditional density nearly label-independent;
 * ``transform``: ``none``, ``log`` (x > 0) or ``logit`` within ``bounds`` = [a, b];
+* ``residual`` (optional, ``preprocessing.residual``): subtract a location and divide by a scale
+  that are smooth functions of the labels (:mod:`fedhex_hep.model.residual`), so the flow
+  learns only the shape left once the drift of peak and width across the grid is removed;
 * ``standardise``: subtract the training mean and divide by the training standard deviation.
 
 Columns without an entry in the config are standardised only. All arithmetic is float64 and
@@ -22,6 +25,7 @@ import numpy as np
 
 from fedhex_hep.config import ColumnTransform, PreprocessingConfig
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.model.residual import ResidualParams, fit_residual
 
 __all__ = ["PreprocessingError", "ColumnParams", "Preprocessor"]
 
@@ -43,9 +47,11 @@ class ColumnParams:
     standardise: bool = True
     mean: float = 0.0
     std: float = 1.0
+    residual: ResidualParams | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "residual": self.residual.to_dict() if self.residual is not None else None,
             "name": self.name,
             "relative_to": self.relative_to,
             "transform": self.transform,
@@ -67,6 +73,7 @@ class ColumnParams:
                 standardise=bool(data["standardise"]),
                 mean=float(data["mean"]),
                 std=float(data["std"]),
+                residual=ResidualParams.from_dict(data["residual"]) if data.get("residual") else None,
             )
         except KeyError as exc:
             raise PreprocessingError(f"preprocessing column entry lacks key {exc.args[0]!r}") from None
@@ -112,16 +119,23 @@ class ColumnParams:
             y = y * divisor
         return y
 
-    def forward(self, x: np.ndarray, divisor: np.ndarray | None, what: str) -> np.ndarray:
+    def forward(
+        self, x: np.ndarray, divisor: np.ndarray | None, what: str, c: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Raw column -> flow space; ``c``: the standardised labels (needed with a residual step)."""
         y = self._pre(x, divisor, what)
+        if self.residual is not None:
+            y = self.residual.forward(y, c)
         if self.standardise:
             y = (y - self.mean) / self.std
         return y
 
-    def inverse(self, z: np.ndarray, divisor: np.ndarray | None) -> np.ndarray:
+    def inverse(self, z: np.ndarray, divisor: np.ndarray | None, c: np.ndarray | None = None) -> np.ndarray:
         y = np.asarray(z, dtype=np.float64)
         if self.standardise:
             y = y * self.std + self.mean
+        if self.residual is not None:
+            y = self.residual.inverse(y, c)
         return self._post_inverse(y, divisor)
 
 
@@ -160,24 +174,43 @@ class Preprocessor:
         label_names: Sequence[str],
         config: PreprocessingConfig | None = None,
     ) -> "Preprocessor":
-        """Fit means and standard deviations on (training) ``features`` and ``labels``."""
+        """Fit means and standard deviations (and the residual step) on (training) data."""
         config = config or PreprocessingConfig()
         features = _as2d(features, len(feature_names), "features")
         labels = _as2d(labels, len(label_names), "labels")
         fparams = [_column_params(n, config.features.get(n)) for n in feature_names]
         lparams = [_column_params(n, config.labels.get(n)) for n in label_names]
         pre = cls(fparams, lparams)
-        for what, params, data in (("feature", fparams, features), ("label", lparams, labels)):
-            for i, p in enumerate(params):
-                y = p._pre(data[:, i], pre._divisor(p, labels), what)
-                if not np.all(np.isfinite(y)):
-                    raise PreprocessingError(f"{what} {p.name!r}: non-finite values after preprocessing")
-                if p.standardise:
-                    p.mean = float(np.mean(y))
-                    std = float(np.std(y))
-                    # A constant column (e.g. a single training label) keeps unit scale.
-                    p.std = std if std > 0 and np.isfinite(std) else 1.0
+        # labels first: the residual step is a function of the standardised labels
+        for i, p in enumerate(lparams):
+            pre._fit_column(p, p._pre(labels[:, i], pre._divisor(p, labels), "label"), "label")
+        c = pre.transform_labels(labels) if config.residual else None
+        for i, p in enumerate(fparams):
+            y = p._pre(features[:, i], pre._divisor(p, labels), "feature")
+            if config.residual:
+                p.residual = fit_residual(y, c, config.residual_max_degree)
+                y = p.residual.forward(y, c)
+            pre._fit_column(p, y, "feature")
         return pre
+
+    @staticmethod
+    def _fit_column(p: ColumnParams, y: np.ndarray, what: str) -> None:
+        """Mean and standard deviation of one column's transformed values ``y``."""
+        if not np.all(np.isfinite(y)):
+            raise PreprocessingError(f"{what} {p.name!r}: non-finite values after preprocessing")
+        if p.standardise:
+            p.mean = float(np.mean(y))
+            std = float(np.std(y))
+            # A constant column (e.g. a single training label) keeps unit scale.
+            p.std = std if std > 0 and np.isfinite(std) else 1.0
+
+    @property
+    def has_residual(self) -> bool:
+        return any(p.residual is not None for p in self.feature_params)
+
+    def _residual_c(self, labels: np.ndarray) -> np.ndarray | None:
+        """Standardised labels for the residual step (None when no feature has one)."""
+        return self.transform_labels(labels) if self.has_residual else None
 
     def _divisor(self, p: ColumnParams, labels: np.ndarray) -> np.ndarray | None:
         if not p.relative_to:
@@ -199,8 +232,9 @@ class Preprocessor:
         if len(features) != len(labels):
             raise PreprocessingError(f"{len(features)} feature rows but {len(labels)} label rows")
         out = np.empty_like(features)
+        c = self._residual_c(labels)
         for i, p in enumerate(self.feature_params):
-            out[:, i] = p.forward(features[:, i], self._divisor(p, labels), "feature")
+            out[:, i] = p.forward(features[:, i], self._divisor(p, labels), "feature", c)
         return out
 
     def transform(self, features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,8 +246,9 @@ class Preprocessor:
         z = _as2d(z, len(self.feature_names), "z")
         labels = _as2d(labels, len(self.label_names), "labels")
         out = np.empty_like(z, dtype=np.float64)
+        c = self._residual_c(labels)
         for i, p in enumerate(self.feature_params):
-            out[:, i] = p.inverse(z[:, i], self._divisor(p, labels))
+            out[:, i] = p.inverse(z[:, i], self._divisor(p, labels), c)
         return out
 
     def inverse_labels(self, c: np.ndarray) -> np.ndarray:
@@ -236,6 +271,7 @@ class Preprocessor:
         features = _as2d(features, len(self.feature_names), "features")
         labels = _as2d(labels, len(self.label_names), "labels")
         total = np.zeros(len(features))
+        c = self._residual_c(labels)
         for i, p in enumerate(self.feature_params):
             x = features[:, i]
             div = self._divisor(p, labels)
@@ -247,6 +283,8 @@ class Preprocessor:
             elif p.transform == "logit":
                 lo, hi = p.bounds  # type: ignore[misc]
                 total += np.log(hi - lo) - np.log(x - lo) - np.log(hi - x)
+            if p.residual is not None:
+                total += p.residual.log_det(c)
             if p.standardise:
                 total -= np.log(p.std)
         return total

@@ -33,6 +33,7 @@ from fedhex_hep.config import Config, load_config
 from fedhex_hep.model.dataset import PreparedData, prepare
 from fedhex_hep.io.featureset import FeatureSet
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.model.resume import holds_model, restore_for_resume, resume_candidates
 from fedhex_hep.model.storage import (
     CKPT_NAME,
     WEIGHTS_PREFIX,
@@ -72,6 +73,8 @@ EVAL_JIT_COMPILE = True
 # Adam below: 386k -> 499-505k); weights after 3 epochs bit-identical to the default setting;
 # sampling 1M events unchanged (1.78 s vs 1.80 s).
 TRAIN_INTRA_OP_THREADS = 1
+# Smallest batch effective_batch_size() lowers training.batch_size to.
+_MIN_AUTO_BATCH = 256
 # Share of a feature's training events outside the spline range above which train() warns
 # (a data-side spline block is the identity there, so those events shape nothing).
 SPLINE_OUTSIDE_WARN = 1e-3
@@ -266,11 +269,23 @@ class _Compiled:
         return np.int32(np.random.default_rng([int(seed), int(epoch), 0x3177]).integers(2**31 - 1))
 
 
-def _label_jitter_scale(preprocessor: Any, label_jitter: dict[str, float]) -> np.ndarray:
-    """``training.label_jitter`` (transformed label units) -> sd per conditioning column (standardised)."""
-    return np.array(
-        [float(label_jitter.get(p.name, 0.0)) / p.std for p in preprocessor.label_params], dtype=np.float32
-    )
+def _label_jitter_scale(data: PreparedData, tc: Any) -> np.ndarray:
+    """Gaussian sd of the label smearing per conditioning column, in standardised units.
+
+    ``training.label_jitter[name]`` is in the label's transformed units; a label without an
+    entry gets ``training.label_jitter_spacing`` times the median gap between neighbouring
+    grid values of that label (in the flow's conditioning units), so the smearing follows the
+    grid's own spacing whatever the grid.
+    """
+    out = []
+    for i, p in enumerate(data.preprocessor.label_params):
+        if p.name in tc.label_jitter:
+            out.append(float(tc.label_jitter[p.name]) / p.std)
+            continue
+        values = np.unique(data.c_train[:, i].astype(np.float64))
+        gap = float(np.median(np.diff(values))) if len(values) > 1 else 0.0
+        out.append(float(tc.label_jitter_spacing) * gap)
+    return np.array(out, dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,44 +357,10 @@ def _check_resume_config(model_dir: Path, config: Config) -> None:
                 )
 
 
-def train(
-    featureset: FeatureSet,
-    config: Config,
-    model_dir: str | Path,
-    resume: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> TrainedModel:
-    """Train a conditional flow on ``featureset`` and write the model directory ``model_dir``.
-
-    ``resume=True`` continues from ``model_dir/checkpoints/last`` (same config except
-    ``training.epochs``); the result equals that of an uninterrupted run with the same seed.
-    Raises TrainingError if the loss becomes NaN (the last good checkpoint is kept).
-    An existing model in ``model_dir`` is refused unless ``overwrite`` (then its files are
-    removed first; other files in the folder are left alone).
-    """
-    from fedhex_hep._tf import import_tensorflow
-
-    tf = import_tensorflow()
-    import tf_keras
-
-    from fedhex_hep.limits import check_training
-    from fedhex_hep.model.flow import build_flow
-    from fedhex_hep.model.resume import holds_model, restore_for_resume, resume_candidates
-
-    check_training(config, len(featureset.feature_names), len(featureset.label_names))
-    _configure_threads(tf)
-    # Bit-identical resume needs deterministic kernels (CPU reductions, XLA).
-    tf.config.experimental.enable_op_determinism()
-    model_dir = Path(model_dir)
-    tc = config.training
+def _prepare_model_dir(model_dir: Path, config: Config, data: PreparedData, resume: bool, overwrite: bool) -> None:
+    """Check a resume against the interrupted run, or clear / refuse an existing model; then
+    write config.toml, preprocessing.json and versions.json."""
     ckpt_dir = model_dir / "checkpoints"
-
-    data = prepare(featureset, config)
-    if data.n_train < 1:
-        raise TrainingError("no training events left after the validation split")
-    _warn_outside_spline_range(data, config)
-
     if resume:
         if not (model_dir / "config.toml").exists():
             raise ModelDirError(f"cannot resume: model directory {model_dir} is missing config.toml")
@@ -398,125 +379,206 @@ def train(
                 "(preprocessing.json would change)"
             )
     else:
-        if overwrite:
-            for name in _MODEL_FILES:
-                target = model_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        if holds_model(model_dir):
-            raise OutputError(
-                17, f"{model_dir} already holds a model; use --resume to continue it, --overwrite to replace it, or another folder"
-            )
-        try:
-            model_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(exc.errno, f"cannot create model directory {model_dir}: {exc.strerror}") from None
+        _clear_or_refuse(model_dir, overwrite)
     config.write(model_dir / "config.toml")
     atomic_write_text(model_dir / "preprocessing.json", data.preprocessor.to_json())
     atomic_write_text(model_dir / "versions.json", json.dumps(versions(), indent=2))
 
-    n_features, n_labels = data.z_train.shape[1], data.c_train.shape[1]
-    flow = build_flow(config.model, n_features, n_labels, seed=tc.seed)
-    batch_size = min(tc.batch_size, data.n_train)
-    steps = max(1, data.n_train // batch_size)
-    schedule = tf_keras.optimizers.schedules.PolynomialDecay(
+
+def _clear_or_refuse(model_dir: Path, overwrite: bool) -> None:
+    """A fresh training: remove an existing model's files (``overwrite``) or refuse to touch it."""
+    if overwrite:
+        for name in _MODEL_FILES:
+            target = model_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if holds_model(model_dir):
+        raise OutputError(
+            17, f"{model_dir} already holds a model; use --resume to continue it, --overwrite to replace it, or another folder"
+        )
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"cannot create model directory {model_dir}: {exc.strerror}") from None
+
+
+def effective_batch_size(tc: Any, n_train: int) -> int:
+    """``training.batch_size``, lowered for small data sets so an epoch has at least
+    ``training.min_steps_per_epoch`` optimizer steps (never below 256 events, nor above n_train):
+    a small grid then gets as many updates as a large one in the same number of epochs."""
+    batch = int(tc.batch_size)
+    if tc.min_steps_per_epoch > 0:
+        batch = min(batch, max(_MIN_AUTO_BATCH, n_train // int(tc.min_steps_per_epoch)))
+    return max(1, min(batch, n_train))
+
+
+def learning_rate_schedule(tc: Any, steps: int) -> Any:
+    """Learning rate per optimizer step: linear decay from ``learning_rate`` to
+    ``final_learning_rate`` over ``decay_epochs`` epochs of ``steps`` steps, then constant."""
+    import tf_keras
+
+    return tf_keras.optimizers.schedules.PolynomialDecay(
         initial_learning_rate=tc.learning_rate,
         decay_steps=tc.decay_epochs * steps,
         end_learning_rate=tc.final_learning_rate,
         power=1.0,
     )
+
+
+def _make_optimizer(flow: Any, tc: Any, steps: int) -> tuple[Any, Any]:
+    """(schedule, optimizer) with the optimizer's slots created (so a resume can restore them)."""
+    import tf_keras
+
+    schedule = learning_rate_schedule(tc, steps)
     # The legacy Adam applies each variable's update with one fused ResourceApplyAdam kernel
     # (the same Adam arithmetic; the train-step graph has 1468 ops instead of 2971): measured
     # 1.16-1.18x per epoch with one intra-op thread, neutral with two; identical loss to 4 decimals.
     optimizer = tf_keras.optimizers.legacy.Adam(learning_rate=schedule)
-    # Create its slots now, so that a resume can restore them (and assert that it did).
     optimizer._create_all_weights(list(flow.trainable_variables))
+    return schedule, optimizer
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "history": [], "best_loss": float("inf"), "best_epoch": 0, "wait": 0, "stopped_early": False}
+
+
+class _Loop:
+    """The epoch loop's moving parts: compiled functions, checkpoint, state, best weights."""
+
+    def __init__(self, compiled: _Compiled, ckpt: Any, schedule: Any, optimizer: Any, model_dir: Path, tc: Any) -> None:
+        self.compiled, self.ckpt, self.schedule, self.optimizer = compiled, ckpt, schedule, optimizer
+        self.model_dir, self.ckpt_dir, self.tc = model_dir, model_dir / "checkpoints", tc
+        self.use_val = compiled.zv != []
+        self.early = tc.patience > 0
+        self.epoch_seconds: list[float] = []  # wall time per epoch of this process (not in history.csv)
+        self.best_weights: list[np.ndarray] | None = None
+        self.state: dict[str, Any] = _fresh_state()
+
+    def run_epoch(self, epoch: int) -> str:
+        """Train one epoch, record it, write its checkpoints; returns the progress text."""
+        import tensorflow as tf
+
+        compiled, tc, state = self.compiled, self.tc, self.state
+        perm = compiled.permutation(tc.seed, epoch)
+        t0 = time.perf_counter()
+        loss = float(compiled.train_epoch(tf.constant(perm), tf.constant(compiled.noise_seed(tc.seed, epoch))))
+        val_loss = compiled.validation_loss()
+        seconds = time.perf_counter() - t0
+        self.epoch_seconds.append(seconds)
+        if not np.isfinite(loss) or (self.use_val and not np.isfinite(val_loss)):
+            self._fail(epoch, loss, val_loss)
+        state["history"].append({"epoch": epoch, "loss": loss, "val_loss": val_loss, "lr": float(self.schedule(self.optimizer.iterations))})
+        monitored = val_loss if self.use_val else loss
+        improved = monitored < state["best_loss"]
+        if improved:
+            state["best_loss"], state["best_epoch"], state["wait"] = monitored, epoch, 0
+        else:
+            state["wait"] += 1
+        if self.early and state["wait"] >= tc.patience:
+            state["stopped_early"] = True
+        state["epoch"] = epoch
+        atomic_write_text(self.model_dir / "history.csv", _history_csv(state["history"]))
+        if improved:
+            self.best_weights = compiled.flow.get_weights()
+            _write_checkpoint(self.ckpt, self.ckpt_dir / "best", state)
+        if epoch % tc.checkpoint_every == 0:
+            _write_checkpoint(self.ckpt, self.ckpt_dir / f"epoch-{epoch:04d}", state)
+        # `last` is written after the others: it is the point a resume continues from.
+        _write_checkpoint(self.ckpt, self.ckpt_dir / "last", state)
+        val_info = f"  val {val_loss:.4f}" if self.use_val else ""
+        return f"loss {loss:.4f}{val_info}  {compiled.steps * compiled.batch_size / seconds:,.0f} ev/s"
+
+    def _fail(self, epoch: int, loss: float, val_loss: float) -> None:
+        last = self.ckpt_dir / "last"
+        where = (
+            f"the last good checkpoint is {last} (epoch {self.state['epoch']})"
+            if self.state["epoch"] > 0
+            else "no checkpoint was written before it"
+        )
+        msg = f"training loss became NaN/inf at epoch {epoch} (loss {loss}, val_loss {val_loss}); stopped; {where}"
+        log.error(msg)
+        raise TrainingError(msg)
+
+    def run(self, progress: bool) -> None:
+        """Epochs from the state's epoch up to ``training.epochs`` (or early stopping)."""
+        tc, state = self.tc, self.state
+        bar = _progress(progress, tc.epochs, state["epoch"])
+        try:
+            epoch = state["epoch"]
+            while epoch < tc.epochs and not state["stopped_early"]:
+                epoch += 1
+                info = self.run_epoch(epoch)
+                log.info("epoch %d/%d: %s", epoch, tc.epochs, info)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=epoch, info=info)
+                if state["stopped_early"]:
+                    log.info(
+                        "early stopping at epoch %d: no improvement for %d epochs; best epoch %d",
+                        epoch, tc.patience, state["best_epoch"],
+                    )
+        finally:
+            if bar is not None:
+                bar.stop()
+
+
+def train(
+    featureset: FeatureSet,
+    config: Config,
+    model_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainedModel:
+    """Train a conditional flow on ``featureset`` and write the model directory ``model_dir``.
+
+    ``resume=True`` continues from ``model_dir/checkpoints/last`` (same config except
+    ``training.epochs``); the result equals that of an uninterrupted run with the same seed.
+    Raises TrainingError if the loss becomes NaN (the last good checkpoint is kept).
+    An existing model in ``model_dir`` is refused unless ``overwrite`` (then its files are
+    removed first; other files in the folder are left alone).
+    """
+    from fedhex_hep._tf import import_tensorflow
+    from fedhex_hep.limits import check_training
+    from fedhex_hep.model.flow import build_flow
+
+    check_training(config, len(featureset.feature_names), len(featureset.label_names))
+    tf = import_tensorflow()
+    _configure_threads(tf)
+    # Bit-identical resume needs deterministic kernels (CPU reductions, XLA).
+    tf.config.experimental.enable_op_determinism()
+    model_dir = Path(model_dir)
+    tc = config.training
+    data = prepare(featureset, config)
+    if data.n_train < 1:
+        raise TrainingError("no training events left after the validation split")
+    _warn_outside_spline_range(data, config)
+    _prepare_model_dir(model_dir, config, data, resume, overwrite)
+
+    flow = build_flow(config.model, data.z_train.shape[1], data.c_train.shape[1], seed=tc.seed)
+    batch_size = effective_batch_size(tc, data.n_train)
+    schedule, optimizer = _make_optimizer(flow, tc, max(1, data.n_train // batch_size))
     ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
     compiled = _Compiled(
         flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm,
-        _label_jitter_scale(data.preprocessor, tc.label_jitter),
+        _label_jitter_scale(data, tc),
     )
-
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "history": [],
-        "best_loss": float("inf"),
-        "best_epoch": 0,
-        "wait": 0,
-        "stopped_early": False,
-    }
-    best_weights: list[np.ndarray] | None = None
+    loop = _Loop(compiled, ckpt, schedule, optimizer, model_dir, tc)
     if resume:
-        state, best_weights = restore_for_resume(ckpt, flow, ckpt_dir, model_dir)
-        log.info("resuming %s from epoch %d", model_dir, state["epoch"])
-        if state["stopped_early"]:
-            log.info("the interrupted run had already stopped early at epoch %d", state["epoch"])
-    history: list[dict[str, float]] = state["history"]
-    atomic_write_text(model_dir / "history.csv", _history_csv(history))
+        loop.state, loop.best_weights = restore_for_resume(ckpt, flow, model_dir / "checkpoints", model_dir)
+    atomic_write_text(model_dir / "history.csv", _history_csv(loop.state["history"]))
+    loop.run(progress)
+    return _finish(loop, data, featureset, config, model_dir)
 
-    epoch_seconds: list[float] = []  # wall time per epoch of this process (not in history.csv)
-    use_val = data.n_val > 0
-    early = tc.patience > 0
-    bar = _progress(progress, tc.epochs, state["epoch"])
-    try:
-        epoch = state["epoch"]
-        while epoch < tc.epochs and not state["stopped_early"]:
-            epoch += 1
-            perm = compiled.permutation(tc.seed, epoch)
-            t0 = time.perf_counter()
-            loss = float(compiled.train_epoch(tf.constant(perm), tf.constant(compiled.noise_seed(tc.seed, epoch))))
-            val_loss = compiled.validation_loss()
-            seconds = time.perf_counter() - t0
-            epoch_seconds.append(seconds)
-            lr = float(schedule(optimizer.iterations))
-            if not np.isfinite(loss) or (use_val and not np.isfinite(val_loss)):
-                last = ckpt_dir / "last"
-                where = (
-                    f"the last good checkpoint is {last} (epoch {state['epoch']})"
-                    if state["epoch"] > 0
-                    else "no checkpoint was written before it"
-                )
-                msg = f"training loss became NaN/inf at epoch {epoch} (loss {loss}, val_loss {val_loss}); stopped; {where}"
-                log.error(msg)
-                raise TrainingError(msg)
-            row = {"epoch": epoch, "loss": loss, "val_loss": val_loss, "lr": lr}
-            history.append(row)
-            monitored = val_loss if use_val else loss
-            improved = monitored < state["best_loss"]
-            if improved:
-                state["best_loss"], state["best_epoch"], state["wait"] = monitored, epoch, 0
-            else:
-                state["wait"] += 1
-            if early and state["wait"] >= tc.patience:
-                state["stopped_early"] = True
-            state["epoch"] = epoch
-            state["history"] = history
-            atomic_write_text(model_dir / "history.csv", _history_csv(history))
-            if improved:
-                best_weights = flow.get_weights()
-                _write_checkpoint(ckpt, ckpt_dir / "best", state)
-            if epoch % tc.checkpoint_every == 0:
-                _write_checkpoint(ckpt, ckpt_dir / f"epoch-{epoch:04d}", state)
-            # `last` is written after the others: it is the point a resume continues from.
-            _write_checkpoint(ckpt, ckpt_dir / "last", state)
-            val_info = f"  val {val_loss:.4f}" if use_val else ""
-            info = f"loss {loss:.4f}{val_info}  {compiled.steps * batch_size / seconds:,.0f} ev/s"
-            log.info("epoch %d/%d: %s", epoch, tc.epochs, info)
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=epoch, info=info)
-            if state["stopped_early"]:
-                log.info(
-                    "early stopping at epoch %d: no improvement for %d epochs; best epoch %d",
-                    epoch, tc.patience, state["best_epoch"],
-                )
-    finally:
-        if bar is not None:
-            bar.stop()
 
-    if early and best_weights is not None:
-        flow.set_weights(best_weights)  # restore the best weights (early stopping's promise)
+def _finish(loop: _Loop, data: PreparedData, featureset: FeatureSet, config: Config, model_dir: Path) -> TrainedModel:
+    """Write the final weights (the best ones after early stopping) and training.json."""
+    import tensorflow as tf
+
+    flow, state = loop.compiled.flow, loop.state
+    if loop.early and loop.best_weights is not None:
+        flow.set_weights(loop.best_weights)  # restore the best weights (early stopping's promise)
     weights_tmp = model_dir / f".weights.tmp-{os.getpid()}"
     shutil.rmtree(weights_tmp, ignore_errors=True)
     tf.train.Checkpoint(flow=flow.module).write(str(weights_tmp / Path(WEIGHTS_PREFIX).name))
@@ -527,10 +589,10 @@ def train(
         "best_epoch": state["best_epoch"],
         "best_loss": state["best_loss"],
         "stopped_early": state["stopped_early"],
-        "final_weights": "best" if early and best_weights is not None else "last",
-        "steps_per_epoch": steps,
-        "epoch_seconds": epoch_seconds,
-        "batch_size": batch_size,
+        "final_weights": "best" if loop.early and loop.best_weights is not None else "last",
+        "steps_per_epoch": loop.compiled.steps,
+        "epoch_seconds": loop.epoch_seconds,
+        "batch_size": loop.compiled.batch_size,
         "feature_names": data.preprocessor.feature_names,
         "label_names": data.preprocessor.label_names,
     }
