@@ -73,48 +73,69 @@ def compare_cmd(
     typer.echo(f"wrote {len(result.get('plots', []))} plots to {outdir}")
 
 
+_FeaturesOpt = Annotated[Path, typer.Argument(help="MC FeatureSet parquet of the full grid.")]
+
+_OutdirOpt = Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the report.")]
+
+_LabelsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--label",
+        "-l",
+        help="Held-out mass point (repeatable); default: the mass points of --reference, else every interior grid point.",
+    ),
+]
+
+_SeedsOpt = Annotated[str, typer.Option(help="Training seeds, comma-separated (scored over all of them).")]
+
+_ReferenceEventsOpt = Annotated[
+    Optional[int],
+    typer.Option(help="Generate this many fresh MC events per held-out point as reference (via make-samples)."),
+]
+
+_ReferenceOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Independent reference MC FeatureSet (parquet) at the held-out points; default: the held-out MC itself."
+    ),
+]
+
+_HoldoutOpt = Annotated[
+    str,
+    typer.Option(
+        help="single (leave one out: one training per point and seed), checkerboard (two trainings per seed: "
+        "interior points of one colour held out together, then the other) or all (every point held out at once)."
+    ),
+]
+
+_MaxEventsOpt = Annotated[
+    Optional[int], typer.Option(min=1, help="Cap the compared sample size per point (faster classifier test).")
+]
+
+_PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Write per-point overlays and the AUC map.")]
+
+_FlowEventsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Flow events generated per point and seed; its median shifts and widths are measured on all of them.",
+    ),
+]
+
+
 def validate_cmd(
-    features: Annotated[Path, typer.Argument(help="MC FeatureSet parquet of the full grid.")],
+    features: _FeaturesOpt,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    outdir: Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the report.")] = Path("output/validate"),
-    labels: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--label",
-            "-l",
-            help="Held-out mass point (repeatable); default: the mass points of --reference, else every interior grid point.",
-        ),
-    ] = None,
-    seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated (scored over all of them).")] = "1,2,3",
-    reference_events: Annotated[
-        Optional[int],
-        typer.Option(help="Generate this many fresh MC events per held-out point as reference (via make-samples)."),
-    ] = None,
-    reference: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Independent reference MC FeatureSet (parquet) at the held-out points; default: the held-out MC itself."
-        ),
-    ] = None,
-    holdout: Annotated[
-        str,
-        typer.Option(
-            help="single (leave one out: one training per point and seed), checkerboard (two trainings per seed: "
-            "interior points of one colour held out together, then the other) or all (every point held out at once)."
-        ),
-    ] = "single",
-    max_events: Annotated[
-        Optional[int], typer.Option(min=1, help="Cap the compared sample size per point (faster classifier test).")
-    ] = None,
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write per-point overlays and the AUC map.")] = True,
-    flow_events: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Flow events generated per point and seed; its median shifts and widths are measured on all of them.",
-        ),
-    ] = 200_000,
+    outdir: _OutdirOpt = Path("output/validate"),
+    labels: _LabelsOpt = None,
+    seeds: _SeedsOpt = "1,2,3",
+    reference_events: _ReferenceEventsOpt = None,
+    reference: _ReferenceOpt = None,
+    holdout: _HoldoutOpt = "single",
+    max_events: _MaxEventsOpt = None,
+    plots: _PlotsOpt = True,
+    flow_events: _FlowEventsOpt = 200_000,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Leave-one-out closure: flow vs moment morphing vs the statistical floor at held-out points."""
