@@ -49,7 +49,7 @@ __all__ = ["ConditionalFlow", "EnsembleFlow", "FlowError", "build_flow"]
 # strictly monotonic and its inverse well conditioned.
 _MIN_BIN = 1e-3
 _MIN_SLOPE = 1e-3
-# Compile sampling with XLA (see benchmarks/bench_generate.py for the measured effect).
+# XLA for the sampler's compiled variant (``sample(..., xla=True)``); False makes it a plain graph too.
 SAMPLE_JIT_COMPILE = True
 # Scale of the initial output-layer weights relative to Glorot (blocks start near identity).
 _OUTPUT_INIT_SCALE = 0.1
@@ -89,17 +89,33 @@ class _FlowBase:
     module: Any
     trainable_variables: tuple[Any, ...]
     _sample_fn: Any
+    _sample_xla_fn: Any
 
-    def sample(self, c: Any, seed: int | Sequence[int]) -> np.ndarray:
+    # the sampler accepts ``xla=`` (duck-typed samplers without it are called without it)
+    supports_xla = True
+
+    def sample(self, c: Any, seed: int | Sequence[int], xla: bool = False) -> np.ndarray:
         """One sample per row of c (n, L) -> z (n, F) as float32 numpy; same seed, same numbers.
 
         ``seed`` is an int or a pair of ints (stateless sampling: no global RNG state involved).
+        ``xla``: run the XLA-compiled sampler (a long first call, faster later calls for large
+        networks). Its random stream is XLA's, not the plain graph's: the same seed gives
+        different (equally distributed) events with and without it.
         """
         c = tf.convert_to_tensor(np.asarray(c, dtype=np.float32).reshape(-1, self.n_labels))
         seed_pair = (int(seed), 0) if np.ndim(seed) == 0 else tuple(int(s) for s in seed)
         if len(seed_pair) != 2:
             raise ValueError(f"seed must be an int or a pair of ints, got {seed!r}")
-        return self._sample_fn(c, tf.constant(seed_pair, tf.int32)).numpy()
+        fn = self._sample_xla_fn if xla else self._sample_fn
+        return fn(c, tf.constant(seed_pair, tf.int32)).numpy()
+
+    def _make_samplers(self) -> None:
+        # Traced on first use only: a process that never asks for XLA never compiles it. The
+        # plain graph is traced for each batch shape (generation uses one per request): a graph
+        # relaxed to any shape rounds differently, and the numbers must not depend on which
+        # shapes the process traced before.
+        self._sample_fn = tf.function(self._sample_graph)
+        self._sample_xla_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
 
     # -- weights -------------------------------------------------------------------------
     def checkpoint(self) -> Any:
@@ -190,7 +206,7 @@ class ConditionalFlow(_FlowBase):
         inner_fns = {b.name: getattr(b, "_bijector_fn", None) for b in bijectors if b.name.startswith("maf_")}
         self._inner_fns = inner_fns if all(fn is not None for fn in inner_fns.values()) else None
         self._build()
-        self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
+        self._make_samplers()
 
     # -- base distribution -----------------------------------------------------------------
     def base_parameters(self, c: Any) -> tuple[Any, Any, Any]:
@@ -347,7 +363,7 @@ class EnsembleFlow(_FlowBase):
         self.seed = int(seed)
         self.members = [ConditionalFlow(model, n_features, n_labels, seed, member=k) for k in range(model.ensemble)]
         self.module = _Members([m.module for m in self.members])
-        self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
+        self._make_samplers()
 
     @property
     def trainable_variables(self) -> tuple[Any, ...]:
