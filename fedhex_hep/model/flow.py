@@ -394,7 +394,7 @@ class EnsembleFlow(_FlowBase):
         # Each member samples its own equal share of the rows (q = n // K), at positions picked
         # by a random permutation, instead of drawing every member for every row and keeping
         # one (K times the cost; benchmarks/bench_generate.py). The n - K q < K rows left over
-        # are drawn from a member picked at random per row, so every row is a
+        # are drawn by every member and kept from a member picked at random per row, so every row is a
         # draw from the mixture also for n < K. Shapes derive from c's static shape under XLA:
         # each batch size compiles once.
         n = tf.shape(c)[0]
@@ -403,9 +403,12 @@ class EnsembleFlow(_FlowBase):
         fold = tf.random.experimental.stateless_fold_in
         order = tf.argsort(tf.random.stateless_uniform([n], seed=fold(seed, k)))
         shuffled = tf.gather(c, order)
-        shares = [m._sample_graph(shuffled[i * q : (i + 1) * q], fold(seed, i)) for i, m in enumerate(self.members)]
         rest = shuffled[k * q :]
-        rest_draws = tf.stack([m._sample_graph(rest, fold(seed, k + 1 + i)) for i, m in enumerate(self.members)], axis=1)
+        # one pass per member over its share and the leftover rows: each member is traced once
+        both = [m._sample_graph(tf.concat([shuffled[i * q : (i + 1) * q], rest], axis=0), fold(seed, i))
+                for i, m in enumerate(self.members)]
+        shares = [d[:q] for d in both]
+        rest_draws = tf.stack([d[q:] for d in both], axis=1)
         pick = tf.random.stateless_uniform([n - k * q], seed=fold(seed, 2 * k + 1), minval=0, maxval=k, dtype=tf.int32)
         draws = tf.concat([*shares, tf.gather(rest_draws, pick[:, None], batch_dims=1)[:, 0]], axis=0)
         return tf.gather(draws, tf.argsort(order))
