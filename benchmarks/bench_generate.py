@@ -33,8 +33,9 @@ def watch():
     while not stop.is_set():
         peak[0] = max(peak[0], proc.memory_info().rss)
         time.sleep(0.01)
-import fedhex_hep.model.flow
-fedhex_hep.model.flow.SAMPLE_JIT_COMPILE = sys.argv[4] == "1"
+import fedhex_hep.generation.sampling
+# XLA for every request size, or never (generation's own rule depends on the events per point)
+fedhex_hep.generation.sampling.XLA_MIN_EVENTS = 0 if sys.argv[4] == "1" else 2**62
 from fedhex_hep.generation.sampling import generate
 from fedhex_hep.model.storage import load_model
 model = load_model(sys.argv[1])

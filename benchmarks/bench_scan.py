@@ -65,7 +65,7 @@ def _cli(*args: str) -> float:
 
 def _warm(model_dir: Path, n: int) -> float:
     from fedhex_hep.generation.sampling import generate
-    from fedhex_hep.processors.generation import load_model_cached
+    from fedhex_hep.model.cache import load_model_cached
 
     model = load_model_cached(model_dir)  # the scan below finds it in the same cache
     generate(model, [POINT], n, seed=0)  # trace and compile outside the timing

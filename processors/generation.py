@@ -88,7 +88,6 @@ group of ``chunk_points`` points.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +95,7 @@ from typing import Any
 import numpy as np
 from coffea import processor
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.model.cache import load_model_cached
 from fedhex_hep.generation.uncertainty import interpolation_band
 from fedhex_hep.naming import format_value, variation_name, point_tag as point_key, hist_name as template_name
 
@@ -138,32 +138,7 @@ def point_seed(seed: int, index: int) -> int:
 # worker-side model loading
 
 
-_MODEL_CACHE: dict[str, Any] = {}
-_MODEL_LOCK = threading.Lock()
-
-
-def load_model_cached(path: str | os.PathLike) -> Any:
-    """Load a trained model from ``path`` once per process (the worker side), then reuse it.
-
-    The cache key is the resolved path plus the modification time of its weights, so a model
-    retrained in place is reloaded. Imports TensorFlow (via ``fedhex_hep.model.storage``) here only.
-    """
-    resolved = Path(path).resolve()
-    try:
-        files = [resolved / "config.toml", *(resolved / "weights").glob("*")]
-        stamp = max((p.stat().st_mtime_ns for p in files if p.is_file()), default=0)
-    except OSError:
-        stamp = 0
-    key = f"{resolved}@{stamp}"
-    with _MODEL_LOCK:
-        model = _MODEL_CACHE.get(key)
-        if model is None:
-            from fedhex_hep.model.storage import load_model  # heavy: TensorFlow
-
-            model = load_model(resolved)
-            _MODEL_CACHE.clear()  # one model per process is the common case; do not pile up
-            _MODEL_CACHE[key] = model
-        return model
+# the per-process model cache lives in fedhex_hep.model.cache (no coffea import on the generate path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,29 @@ def test_seeds_reproduce_and_survive_save_load(model: TrainedModel) -> None:
     assert not np.array_equal(a.features, c.features)
 
 
+def test_xla_rule_depends_on_events_per_point_only(model: TrainedModel, tmp_path: Path, monkeypatch) -> None:
+    """Above the threshold the XLA sampler runs on every path (in memory and streamed) with
+    the same events; below it the plain graph, whose events differ from XLA's
+    only by the random stream (same distribution)."""
+    from fedhex_hep.generation import sampling
+    from fedhex_hep.generation.streaming import generate_to_parquet
+    from fedhex_hep.io.featureset import FeatureSet
+
+    points = [[1500.0, 6.0], [1700.0, 5.0]]
+    graph = generate(model, points, 1500, seed=7, batch_size=600)
+    assert not sampling.use_xla(1500)
+    monkeypatch.setattr(sampling, "XLA_MIN_EVENTS", 1000)
+    assert sampling.use_xla(1500) and not sampling.use_xla(999)
+    xla = generate(model, points, 1500, seed=7, batch_size=600)
+    generate_to_parquet(model, np.array(points), 1500, tmp_path / "g.parquet", seed=7, batch_size=600)
+    streamed = FeatureSet.load(tmp_path / "g.parquet")
+    assert np.array_equal(streamed.features, xla.features)
+    assert not np.array_equal(xla.features, graph.features)
+    # both samplers draw the same density
+    for i in range(2):
+        assert abs(np.median(xla.features[:, i]) - np.median(graph.features[:, i])) < 0.1 * np.std(graph.features[:, i])
+
+
 def test_generated_medians_follow_training_data(model: TrainedModel) -> None:
     """A trained toy model reproduces the MC medians at a grid point (loose: tiny model)."""
     mc = toy_featureset(n=6000).at_label([1500.0, 6.0])

@@ -8,6 +8,14 @@ sampler is traced and compiled once per process. Randomness: draw ``t`` of point
 uses the stateless seed pair ``(seed, g * 2**20 + t)``, so the same seed always gives the same
 events.
 
+XLA: the sampler is XLA-compiled only when ``n_events`` per point reaches
+:data:`XLA_MIN_EVENTS` (:func:`use_xla`). Compiling costs a long first call (about twice the
+plain graph's first call) and pays off only over several million events; below the threshold
+the plain graph runs. The rule depends on the events per point alone, never on how points are
+grouped, chunked or streamed, so a request gives the same events on every path. XLA draws
+its own random stream: the same seed gives different (equally distributed) events below and
+above the threshold.
+
 Acceptance: with ``ranges``, the accepted fraction of every event drawn at a point (all the
 events examined, also those of a last draw that was larger than needed).
 """
@@ -28,11 +36,27 @@ from fedhex_hep.errors import FedhexError
 from fedhex_hep.limits import check_generation
 from fedhex_hep.naming import point_label
 
-__all__ = ["GenerationError", "generate", "generation_info", "generated_metadata", "group_draws", "check_request", "check_ranges", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
+__all__ = ["XLA_MIN_EVENTS", "use_xla", "GenerationError", "generate", "generation_info", "generated_metadata", "group_draws", "check_request", "check_ranges", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
 
 log = logging.getLogger(__name__)
 
 _POINT_STRIDE = 2**20  # batch seeds of different points never collide below 1M batches per point
+# Events per point from which the sampler is XLA-compiled: the packaged architecture's XLA
+# compile takes ~2x the plain graph's first call and saves ~2 us per event after it, even only
+# past ~6M events (benchmarks/bench_scan.py, benchmarks/bench_generate.py).
+XLA_MIN_EVENTS = 6_000_000
+
+
+def use_xla(n_events: int) -> bool:
+    """Whether a request of ``n_events`` per mass point samples with the XLA-compiled sampler."""
+    return int(n_events) >= XLA_MIN_EVENTS
+
+
+def _sampler(flow: Any, n_events: int) -> Any:
+    """``flow.sample`` for a request of ``n_events`` per point, compiled with XLA per :func:`use_xla`."""
+    if use_xla(n_events) and getattr(flow, "supports_xla", False):
+        return lambda c, seed: flow.sample(c, seed=seed, xla=True)
+    return flow.sample
 
 
 class GenerationError(FedhexError, ValueError):
@@ -237,6 +261,7 @@ def group_draws(model, points, group, m, seed, cuts, max_tries, flow, n_events, 
     c = np.repeat(model.preprocessor.transform_labels(padded).astype(np.float32), m, axis=0)
     raw_labels = np.repeat(padded, m, axis=0)
     filled = np.zeros(len(points), dtype=np.int64)
+    sample = _sampler(flow, n_events)
     tries = 0
     while np.any(filled < n_events):
         if cuts and tries >= max_tries:  # without ranges every draw fills m events: no limit needed
@@ -245,7 +270,7 @@ def group_draws(model, points, group, m, seed, cuts, max_tries, flow, n_events, 
                 f"generation at {point_label(model.label_names, points[k])}: only {filled[k]} of {n_events} events "
                 f"inside the ranges after max_tries = {max_tries} draws of {m}"
             )
-        z = flow.sample(c, seed=(seed[0], (seed[1] * _POINT_STRIDE + tries) % 2**31))
+        z = sample(c, seed=(seed[0], (seed[1] * _POINT_STRIDE + tries) % 2**31))
         x = model.preprocessor.inverse_features(z.astype(np.float64), raw_labels).reshape(group, m, -1)
         tries += 1
         for k in np.flatnonzero(filled < n_events):
@@ -296,7 +321,7 @@ def generate_from_config(
 ) -> FeatureSet:
     """:func:`generate` with the ``generation`` section of ``config`` (events, seed, batch size,
     ranges, default points); the model is loaded once per process."""
-    from fedhex_hep.processors.generation import load_model_cached
+    from fedhex_hep.model.cache import load_model_cached
 
     gen = config.generation
     model = load_model_cached(model_dir)

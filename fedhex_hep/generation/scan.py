@@ -224,7 +224,7 @@ def _pilot_bins(
     """``(n, lo, hi)`` over the 0.1-99.9% quantiles of a small flow sample at up to PILOT_POINTS points."""
     from fedhex_hep.binning import BinningError, quantile_edges
     from fedhex_hep.generation.sampling import generate
-    from fedhex_hep.processors.generation import load_model_cached
+    from fedhex_hep.model.cache import load_model_cached
 
     model = load_model_cached(model_dir)
     pick = np.unique(np.linspace(0, len(points) - 1, min(PILOT_POINTS, len(points))).round().astype(int))

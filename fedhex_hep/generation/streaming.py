@@ -155,7 +155,7 @@ def write_generated(
     Returns (events written, mass points)."""
     from fedhex_hep.generation.sampling import GenerationError, generate_from_config
     from fedhex_hep.limits import available_bytes, format_bytes, generation_bytes
-    from fedhex_hep.processors.generation import load_model_cached
+    from fedhex_hep.model.cache import load_model_cached
 
     gen = config.generation
     model = load_model_cached(model_dir)

@@ -49,7 +49,7 @@ __all__ = ["ConditionalFlow", "EnsembleFlow", "FlowError", "build_flow"]
 # strictly monotonic and its inverse well conditioned.
 _MIN_BIN = 1e-3
 _MIN_SLOPE = 1e-3
-# Compile sampling with XLA (see benchmarks/bench_generate.py for the measured effect).
+# XLA for the sampler's compiled variant (``sample(..., xla=True)``); False makes it a plain graph too.
 SAMPLE_JIT_COMPILE = True
 # Scale of the initial output-layer weights relative to Glorot (blocks start near identity).
 _OUTPUT_INIT_SCALE = 0.1
@@ -89,17 +89,33 @@ class _FlowBase:
     module: Any
     trainable_variables: tuple[Any, ...]
     _sample_fn: Any
+    _sample_xla_fn: Any
 
-    def sample(self, c: Any, seed: int | Sequence[int]) -> np.ndarray:
+    # the sampler accepts ``xla=`` (duck-typed samplers without it are called without it)
+    supports_xla = True
+
+    def sample(self, c: Any, seed: int | Sequence[int], xla: bool = False) -> np.ndarray:
         """One sample per row of c (n, L) -> z (n, F) as float32 numpy; same seed, same numbers.
 
         ``seed`` is an int or a pair of ints (stateless sampling: no global RNG state involved).
+        ``xla``: run the XLA-compiled sampler (a long first call, faster later calls for large
+        networks). Its random stream is XLA's, not the plain graph's: the same seed gives
+        different (equally distributed) events with and without it.
         """
         c = tf.convert_to_tensor(np.asarray(c, dtype=np.float32).reshape(-1, self.n_labels))
         seed_pair = (int(seed), 0) if np.ndim(seed) == 0 else tuple(int(s) for s in seed)
         if len(seed_pair) != 2:
             raise ValueError(f"seed must be an int or a pair of ints, got {seed!r}")
-        return self._sample_fn(c, tf.constant(seed_pair, tf.int32)).numpy()
+        fn = self._sample_xla_fn if xla else self._sample_fn
+        return fn(c, tf.constant(seed_pair, tf.int32)).numpy()
+
+    def _make_samplers(self) -> None:
+        # Traced on first use only: a process that never asks for XLA never compiles it. The
+        # plain graph is traced for each batch shape (generation uses one per request): a graph
+        # relaxed to any shape rounds differently, and the numbers must not depend on which
+        # shapes the process traced before.
+        self._sample_fn = tf.function(self._sample_graph)
+        self._sample_xla_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
 
     # -- weights -------------------------------------------------------------------------
     def checkpoint(self) -> Any:
@@ -190,7 +206,7 @@ class ConditionalFlow(_FlowBase):
         inner_fns = {b.name: getattr(b, "_bijector_fn", None) for b in bijectors if b.name.startswith("maf_")}
         self._inner_fns = inner_fns if all(fn is not None for fn in inner_fns.values()) else None
         self._build()
-        self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
+        self._make_samplers()
 
     # -- base distribution -----------------------------------------------------------------
     def base_parameters(self, c: Any) -> tuple[Any, Any, Any]:
@@ -347,7 +363,7 @@ class EnsembleFlow(_FlowBase):
         self.seed = int(seed)
         self.members = [ConditionalFlow(model, n_features, n_labels, seed, member=k) for k in range(model.ensemble)]
         self.module = _Members([m.module for m in self.members])
-        self._sample_fn = tf.function(self._sample_graph, jit_compile=SAMPLE_JIT_COMPILE, reduce_retracing=True)
+        self._make_samplers()
 
     @property
     def trainable_variables(self) -> tuple[Any, ...]:
@@ -378,7 +394,7 @@ class EnsembleFlow(_FlowBase):
         # Each member samples its own equal share of the rows (q = n // K), at positions picked
         # by a random permutation, instead of drawing every member for every row and keeping
         # one (K times the cost; benchmarks/bench_generate.py). The n - K q < K rows left over
-        # are drawn from a member picked at random per row, so every row is a
+        # are drawn by every member and kept from a member picked at random per row, so every row is a
         # draw from the mixture also for n < K. Shapes derive from c's static shape under XLA:
         # each batch size compiles once.
         n = tf.shape(c)[0]
@@ -387,9 +403,12 @@ class EnsembleFlow(_FlowBase):
         fold = tf.random.experimental.stateless_fold_in
         order = tf.argsort(tf.random.stateless_uniform([n], seed=fold(seed, k)))
         shuffled = tf.gather(c, order)
-        shares = [m._sample_graph(shuffled[i * q : (i + 1) * q], fold(seed, i)) for i, m in enumerate(self.members)]
         rest = shuffled[k * q :]
-        rest_draws = tf.stack([m._sample_graph(rest, fold(seed, k + 1 + i)) for i, m in enumerate(self.members)], axis=1)
+        # one pass per member over its share and the leftover rows: each member is traced once
+        both = [m._sample_graph(tf.concat([shuffled[i * q : (i + 1) * q], rest], axis=0), fold(seed, i))
+                for i, m in enumerate(self.members)]
+        shares = [d[:q] for d in both]
+        rest_draws = tf.stack([d[q:] for d in both], axis=1)
         pick = tf.random.stateless_uniform([n - k * q], seed=fold(seed, 2 * k + 1), minval=0, maxval=k, dtype=tf.int32)
         draws = tf.concat([*shares, tf.gather(rest_draws, pick[:, None], batch_dims=1)[:, 0]], axis=0)
         return tf.gather(draws, tf.argsort(order))
