@@ -149,48 +149,18 @@ class ConditionalFlow(_FlowBase):
         self.seed = int(seed)
         self.member = int(member)
         F = self.n_features
-        networks = []
-        bijectors = []
+        networks, bijectors = [], []
         for i in range(model.n_blocks):
-            # blocks 0 .. spline_blocks-1 sit nearest the Gaussian base, where the affine blocks
-            # have already brought the data to unit scale that the spline's fixed range expects
-            spline = model.is_spline_block(i)
-            n_params = 3 * model.spline_bins - 1 if spline else 2
-            made = tfb.AutoregressiveNetwork(
-                params=n_params,
-                event_shape=[F],
-                conditional=True,
-                conditional_event_shape=[self.n_labels],
-                hidden_units=list(model.hidden_units),
-                activation=model.activation,
-                name=f"made_{i}",
-            )
+            made, maf = self._block(i)
             networks.append(made)
-            if not spline:
-                maf = tfb.MaskedAutoregressiveFlow(
-                    shift_and_log_scale_fn=_bounded_affine(made, model.log_scale_bound), name=f"maf_{i}"
-                )
-            else:
-                maf = tfb.MaskedAutoregressiveFlow(
-                    bijector_fn=_SplineBlock(made, model.spline_bins, model.spline_range), name=f"maf_{i}"
-                )
             bijectors.append(maf)
             if i < model.n_blocks - 1 and F > 1:
                 bijectors.append(tfb.Permute(permutation=list(range(F - 1, -1, -1)), name=f"perm_{i}"))
         self.base_components = int(model.base_components)
         if self.base_components < 1:
             raise FlowError(f"config key 'model.base_components' must be >= 1, got {model.base_components}")
-        self.base_net = None
-        if self.base_components > 1:
-            import tf_keras
-
-            k = self.base_components
-            self.base_net = tf_keras.Sequential(
-                [tf_keras.layers.Dense(_BASE_HIDDEN, activation="relu", name="base_hidden"),
-                 tf_keras.layers.Dense(k * (1 + 2 * F), name="base_params")],
-                name="base",
-            )
-            self.base_net(tf.zeros((1, self.n_labels), tf.float32))
+        self.base_net = self._make_base_net() if self.base_components > 1 else None
+        if self.base_net is not None:
             networks.append(self.base_net)
         self._names = [f"maf_{i}" for i in range(model.n_blocks)]
         # tfb.Chain applies its list last-to-first in the forward (sampling) direction, so
@@ -207,6 +177,40 @@ class ConditionalFlow(_FlowBase):
         self._inner_fns = inner_fns if all(fn is not None for fn in inner_fns.values()) else None
         self._build()
         self._make_samplers()
+
+    def _block(self, i: int) -> tuple[Any, Any]:
+        """(MADE network, masked autoregressive bijector) of block ``i``: affine or spline."""
+        model = self.config
+        # blocks 0 .. spline_blocks-1 sit nearest the Gaussian base, where the affine blocks
+        # have already brought the data to unit scale that the spline's fixed range expects
+        spline = model.is_spline_block(i)
+        made = tfb.AutoregressiveNetwork(
+            params=3 * model.spline_bins - 1 if spline else 2,
+            event_shape=[self.n_features],
+            conditional=True,
+            conditional_event_shape=[self.n_labels],
+            hidden_units=list(model.hidden_units),
+            activation=model.activation,
+            name=f"made_{i}",
+        )
+        if spline:
+            fn = _SplineBlock(made, model.spline_bins, model.spline_range)
+            return made, tfb.MaskedAutoregressiveFlow(bijector_fn=fn, name=f"maf_{i}")
+        shift_and_log_scale = _bounded_affine(made, model.log_scale_bound)
+        return made, tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale, name=f"maf_{i}")
+
+    def _make_base_net(self) -> Any:
+        """The network giving the Gaussian-mixture base's weights, means and widths from the labels."""
+        import tf_keras
+
+        k, F = self.base_components, self.n_features
+        net = tf_keras.Sequential(
+            [tf_keras.layers.Dense(_BASE_HIDDEN, activation="relu", name="base_hidden"),
+             tf_keras.layers.Dense(k * (1 + 2 * F), name="base_params")],
+            name="base",
+        )
+        net(tf.zeros((1, self.n_labels), tf.float32))
+        return net
 
     # -- base distribution -----------------------------------------------------------------
     def base_parameters(self, c: Any) -> tuple[Any, Any, Any]:
