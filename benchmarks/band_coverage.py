@@ -14,7 +14,7 @@ reference, the fraction where the reference lies in ``[nominal - hypot(nominal -
 nominal + hypot(up - nominal, s)]``, ``s`` the reference's own statistical error. The target of
 a one-sigma band is >= 68%.
 
-    python benchmarks/band_coverage.py --out /tmp/scenarios --only coarse [--reuse] [--append benchmarks/SCENARIOS.md]
+    python benchmarks/band_coverage.py --out output/scenarios --only coarse [--reuse] [--append benchmarks/SCENARIOS.md]
 
 Caches the grid and reference as :mod:`scenarios` does (``<out>/<scenario>/``); the ensemble
 model goes to ``<out>/<scenario>/model_ensemble3``.

@@ -10,7 +10,7 @@ epochs than its 300 (``--heavy-epochs``) on the SAME schedule; its training time
 extrapolated linearly to 300 epochs from the measured seconds per epoch (the report says so),
 and its scores are those of the shorter run.
 
-    python benchmarks/bench_defaults.py --out /tmp/bench_defaults [--features F.parquet] [--heavy-epochs 300]
+    python benchmarks/bench_defaults.py --out output/bench_defaults [--features F.parquet] [--heavy-epochs 300]
 
 Writes ``<out>/bench_defaults.json`` and ``bench_defaults.md``.
 """

@@ -25,7 +25,7 @@ Done-when (per scenario): at smooth points the flow's mean AUC is within +0.005 
 and every 2D chi2/ndf <= max(1.2, morphing's + 0.1); at threshold points the flow beats
 morphing on AUC and 2D chi2/ndf, with AUC <= 0.53.
 
-    python benchmarks/scenarios.py --out /tmp/scenarios [--only demo,coarse] [--set training.epochs=20] [--reuse]
+    python benchmarks/scenarios.py --out output/scenarios [--only demo,coarse] [--set training.epochs=20] [--reuse]
 
 Writes ``<out>/scenarios.md`` (one table per scenario plus the verdicts) and ``scenarios.json``;
 grids, features and models are cached under ``<out>/<scenario>/`` (delete to rebuild).

@@ -16,7 +16,9 @@ True
 
 from __future__ import annotations
 
-__all__ = ["FedhexError", "UsageError", "one_line"]
+from collections.abc import Iterable
+
+__all__ = ["FedhexError", "UsageError", "did_you_mean", "one_line"]
 
 
 class FedhexError(Exception):
@@ -42,3 +44,11 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the known name closest to ``name``, or an empty string."""
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
@@ -54,7 +53,7 @@ import numpy as np
 from coffea import processor
 
 from fedhex_hep.config import RESERVED_NAMES, ConfigError
-from fedhex_hep.errors import FedhexError, one_line
+from fedhex_hep.errors import FedhexError, did_you_mean, one_line
 from fedhex_hep.extraction.expressions import ExpressionError, compile_expression
 
 __all__ = ["FeatureProcessor", "file_id", "resolve_branch", "group_rows", "Source"]
@@ -250,12 +249,6 @@ Source = Union[str, Callable[[Any], Any]]
 _QUOTED = re.compile(r"'([^']+)'")
 
 
-def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    """`` (did you mean 'X'?)`` for the closest known name, or an empty string."""
-    match = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 class _Call:
     """A callable source, evaluated like an :class:`Expression` on a namespace's events."""
 
@@ -275,7 +268,7 @@ class _Call:
             text = " ".join(str(exc).split())[:200]
             hint = ""
             if isinstance(exc, (AttributeError, KeyError)) and _QUOTED.search(text):
-                hint = _did_you_mean(_QUOTED.search(text).group(1), getattr(events, "fields", []))
+                hint = did_you_mean(_QUOTED.search(text).group(1), getattr(events, "fields", []))
             raise ExpressionError(f"callable {self.text}: {type(exc).__name__}: {text}{hint}") from None
 
 
@@ -364,7 +357,7 @@ class FeatureProcessor(processor.ProcessorABC):
             raise ConfigError(f"column name {reserved[0]!r} is reserved ({', '.join(RESERVED_NAMES)})")
         unknown = [k for k in self.ranges if k not in self.features]
         if unknown:
-            raise ConfigError(f"ranges: {unknown[0]!r} is not a feature{_did_you_mean(unknown[0], list(self.features))}")
+            raise ConfigError(f"ranges: {unknown[0]!r} is not a feature{did_you_mean(unknown[0], list(self.features))}")
         # Compile now: a bad expression fails at construction, before any file is opened.
         self._compiled()
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.extraction.executors import check_executor, dask_client
-from fedhex_hep.errors import FedhexError
+from fedhex_hep.errors import FedhexError, did_you_mean
 
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
 
@@ -47,13 +47,6 @@ class ExtractionError(FedhexError, ValueError):
 
 class BadFileWarning(UserWarning):
     """An input file was skipped (``input.skip_bad_files = true``); the message names it."""
-
-
-def _close_match(name: str, known: Any) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | None, int, bytes]:
@@ -80,7 +73,7 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
             present = set(tree.keys(recursive=True))
             for name in branches:
                 if name not in present:
-                    return f"branch {name!r} is missing from tree {treename!r}{_close_match(name, present)}", 0, b""
+                    return f"branch {name!r} is missing from tree {treename!r}{did_you_mean(name, present)}", 0, b""
             if size is not None:
                 for name in branches:
                     branch = tree[name]
