@@ -30,7 +30,8 @@ filesystem), exactly like they must see the input ROOT files.
   so every histogram holds exactly ``n_events`` entries and no over/underflow.
   ``overflow="fold"``: events outside the binning stay in the flow bins (``run_scan`` folds them).
 * ``variations=True``: each ensemble member generates the group too; the templates
-  ``<name>_<syst>Up/Down`` are the nominal +- the members' spread per bin.
+  ``<name>_<syst>Up/Down`` are the nominal +- the members' spread per bin, scaled to a
+  one-sigma prediction interval (:func:`fedhex_hep.generation.uncertainty.band_scale`).
 
 Output of ``process`` (and of the Runner)::
 

@@ -3,8 +3,9 @@
 A trained ensemble (``model.ensemble = K >= 2``) holds K flows fitted to the same data from
 different initial weights. Each member gives its own template at a mass point; their spread per
 bin is the part of the interpolation error the fit cannot pin down. The band written next to a
-template is ``nominal +- std_k(member_k)`` (ddof = 1), as the shape variations
-``<template>_<syst>Up`` / ``Down`` that CMS combine reads as one shape nuisance.
+template is a one-sigma prediction interval, ``nominal +- band_scale(K) * std_k(member_k)``
+(ddof = 1), as the shape variations ``<template>_<syst>Up`` / ``Down`` that CMS combine reads as
+one shape nuisance.
 
 :func:`band_coverage` checks the band against reference MC at held-out points: the fraction of
 the bins holding 95% of the reference events in which the band covers the reference.
@@ -19,15 +20,32 @@ import numpy as np
 
 from fedhex_hep.errors import FedhexError
 
-__all__ = ["UncertaintyError", "interpolation_band", "band_coverage"]
+__all__ = ["UncertaintyError", "band_scale", "interpolation_band", "band_coverage"]
 
 
 class UncertaintyError(FedhexError, ValueError):
     """Templates that cannot be compared (different binning, empty reference); says which."""
 
 
+def band_scale(n_members: int) -> float:
+    """Half-width of a one-sigma (68.3%) prediction interval, in units of the members' std.
+
+    The true template is treated as one more draw from the distribution the K members sample:
+    with the std estimated from K members, ``t_{K-1}(0.8413) * sqrt(1 + 1/K)`` (Student t).
+    It is 1.53 for K = 3, 1.25 for K = 5 and tends to 1 as K grows.
+
+    >>> round(band_scale(3), 2)
+    1.53
+    """
+    if n_members < 2:
+        raise UncertaintyError(f"an interpolation band needs >= 2 ensemble members, got {n_members}")
+    from scipy import stats
+
+    return float(stats.t.ppf(stats.norm.cdf(1.0), n_members - 1) * np.sqrt(1.0 + 1.0 / n_members))
+
+
 def interpolation_band(nominal: Any, members: Sequence[Any]) -> tuple[Any, Any]:
-    """Up/Down templates: ``nominal`` +- the ensemble members' spread per bin (std, ddof = 1).
+    """Up/Down templates: ``nominal`` +- ``band_scale(K)`` x the members' std per bin (ddof = 1).
 
     ``nominal`` and each member are 1D ``hist`` histograms with Weight storage and the same
     number of generated events. The spread includes each member template's own sampling noise
@@ -37,7 +55,7 @@ def interpolation_band(nominal: Any, members: Sequence[Any]) -> tuple[Any, Any]:
     if len(members) < 2:
         raise UncertaintyError(f"an interpolation band needs >= 2 ensemble members, got {len(members)}")
     counts = np.stack([np.asarray(m.values(flow=True), dtype=np.float64) for m in members])
-    sigma = counts.std(axis=0, ddof=1)
+    sigma = band_scale(len(members)) * counts.std(axis=0, ddof=1)
     value = np.asarray(nominal.values(flow=True), dtype=np.float64)
     up, down = nominal.copy(), nominal.copy()
     up.view(flow=True)["value"] = value + sigma
