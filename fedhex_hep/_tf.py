@@ -4,14 +4,30 @@ TensorFlow prints a few lines while its shared libraries load (CUDA probing, one
 before its logging honours ``TF_CPP_MIN_LOG_LEVEL``; on a machine without a GPU they look like
 errors. While ``TF_CPP_MIN_LOG_LEVEL`` is 3 (the package's default; ``fedhex-hep --verbose``
 lowers it) the import runs with the process's stderr pointed at /dev/null; later messages
-follow ``TF_CPP_MIN_LOG_LEVEL`` as usual.
+follow ``TF_CPP_MIN_LOG_LEVEL`` as usual. TensorFlow's warning that a function was traced again
+is dropped: the sampler is traced once per batch shape on purpose.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
+
+
+class _PerShapeTracing(logging.Filter):
+    """Drops TensorFlow's retracing warning (generation traces one sampler graph per batch shape)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_retracing(tensorflow: Any) -> Any:
+    logger = tensorflow.get_logger()
+    if not any(isinstance(f, _PerShapeTracing) for f in logger.filters):
+        logger.addFilter(_PerShapeTracing())
+    return tensorflow
 
 
 def import_tensorflow() -> Any:
@@ -19,7 +35,7 @@ def import_tensorflow() -> Any:
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
         import tensorflow
 
-        return tensorflow
+        return _quiet_retracing(tensorflow)
     try:
         import absl.logging
 
@@ -37,4 +53,4 @@ def import_tensorflow() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    return tensorflow
+    return _quiet_retracing(tensorflow)

@@ -94,6 +94,15 @@ def test_sample_shapes_and_seeds(kind: str, F: int, L: int) -> None:
     assert not np.array_equal(a, flow.sample(c, seed=6))
 
 
+def test_sampling_many_batch_shapes_logs_no_retracing_warning(caplog) -> None:
+    # one graph per batch shape is the design; TensorFlow's warning about it would read as a bug
+    flow = _flow("maf", 2, 2)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for n in range(3, 11):
+            flow.sample(_inputs(2, 2, n=n)[1], seed=n)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
 @pytest.mark.parametrize("kind,F,L", VARIANTS)
 def test_density_depends_on_condition(kind: str, F: int, L: int) -> None:
     """Also for F = 1, where the MADE has no autoregressive inputs, only the condition."""
