@@ -92,6 +92,7 @@ class ModelConfig:
     spline_blocks: int = 0
     base_components: int = 1
     ensemble: int = 1
+    bootstrap: bool = True
 
     def is_spline_block(self, i: int) -> bool:
         """Whether block ``i`` (0 = nearest the Gaussian base, n_blocks - 1 = nearest the data) is a spline."""

@@ -177,9 +177,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypat
     counter = tf.Variable(0, dtype=tf.int64)
     original = train_module._batch_loss
 
-    def poisoned(flow, z, c, w):  # the loss turns NaN during epoch 3
+    def poisoned(flow, z, c, w, member_w=None):  # the loss turns NaN during epoch 3
         counter.assign_add(1)
-        loss = original(flow, z, c, w)
+        loss = original(flow, z, c, w, member_w)
         return tf.where(counter > 2 * steps_per_epoch + 1, tf.constant(np.nan, tf.float32), loss)
 
     monkeypatch.setattr(train_module, "_batch_loss", poisoned)
@@ -284,11 +284,11 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
 
 
 def test_ensemble_members_train_exactly_as_if_alone(tmp_path: Path) -> None:
-    """An ensemble of 2 trained together: member 0 ends with the weights of a single flow
-    trained alone with the same seed (its gradient, clipping included, is its own), and the
-    model dir saves and reloads the whole mixture."""
+    """An ensemble of 2 trained together (without bootstrap replicas): member 0 ends with the
+    weights of a single flow trained alone with the same seed (its gradient, clipping included,
+    is its own), and the model dir saves and reloads the whole mixture."""
     fs = toy_featureset(n=1500)
-    common = {"training.epochs": 3, "training.patience": 0, "training.clip_norm": 0.5}
+    common = {"training.epochs": 3, "training.patience": 0, "training.clip_norm": 0.5, "model.bootstrap": False}
     single = train(fs, toy_config(**common), tmp_path / "single", progress=False)
     ens = train(fs, toy_config(**common, **{"model.ensemble": 2}), tmp_path / "ens", progress=False)
     for a, b in zip(ens.flow.members[0].get_weights(), single.flow.get_weights()):
@@ -301,6 +301,41 @@ def test_ensemble_members_train_exactly_as_if_alone(tmp_path: Path) -> None:
     assert np.array_equal(ens.flow.sample(c, seed=2), loaded.flow.sample(c, seed=2))
     best = load_model(tmp_path / "ens", checkpoint="best")
     assert np.all(np.isfinite(best.log_prob(x, y)))
+
+
+def test_bootstrap_loss_weights_each_member_by_its_own_replica() -> None:
+    from fedhex_hep.model.training import _batch_loss, bootstrap_weights
+
+    rng = np.random.default_rng(0)
+    log_probs = rng.normal(size=(3, 50)).astype(np.float32)  # (K, n)
+
+    class _Members:
+        def member_log_probs(self, z, c):
+            return tf.constant(log_probs)
+
+    w = rng.uniform(0.5, 2.0, size=50).astype(np.float32)
+    member_w = bootstrap_weights(50, 3, seed=4)
+    got = float(_batch_loss(_Members(), None, None, tf.constant(w), tf.constant(member_w)))
+    want = np.mean([np.sum(w * member_w[:, k] * -log_probs[k]) / np.sum(w * member_w[:, k]) for k in range(3)])
+    assert got == pytest.approx(want, rel=1e-5)
+    # replicas: reproducible from the seed, mean weight 1, different per member
+    big = bootstrap_weights(20000, 3, seed=4)
+    assert np.array_equal(big, bootstrap_weights(20000, 3, seed=4))
+    assert big.mean(axis=0) == pytest.approx([1, 1, 1], abs=0.03)
+    assert not np.array_equal(big[:, 0], big[:, 1])
+
+
+def test_bootstrap_ensemble_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    fs = toy_featureset(n=1500)
+    ens = {"model.ensemble": 2, "training.patience": 0}
+    full = train(fs, toy_config(**ens), tmp_path / "full", progress=False)
+    train(fs, toy_config(**ens, **{"training.epochs": 2}), tmp_path / "part", progress=False)
+    part = train(fs, toy_config(**ens), tmp_path / "part", resume=True, progress=False)
+    assert _same(_final_weights(tmp_path / "full"), _final_weights(tmp_path / "part"))
+    alone = train(fs, toy_config(**ens, **{"model.bootstrap": False}), tmp_path / "alone", progress=False)
+    # the replicas change what the members fit
+    assert not np.allclose(full.flow.members[0].get_weights()[0], alone.flow.members[0].get_weights()[0])
+    assert np.array_equal(full.log_prob(fs.features[:100], fs.labels[:100]), part.log_prob(fs.features[:100], fs.labels[:100]))
 
 
 def test_far_outliers_in_validation_do_not_end_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,9 +395,9 @@ def test_label_jitter_smears_only_the_named_label_by_the_asked_sd(tmp_path: Path
     seen: list[np.ndarray] = []
     original = train_module._batch_loss
 
-    def spy(flow, z, c, w):
+    def spy(flow, z, c, w, member_w=None):
         tf.py_function(lambda x: seen.append(x.numpy()) or 0, [c], tf.int32)
-        return original(flow, z, c, w)
+        return original(flow, z, c, w, member_w)
 
     monkeypatch.setattr(train_module, "_batch_loss", spy)
     fs = toy_featureset()

@@ -43,7 +43,7 @@ from fedhex_hep.model.storage import (
     write_checksums,
 )
 
-__all__ = ["TrainingError", "train", "HISTORY_COLUMNS", "outside_spline_range", "versions"]
+__all__ = ["TrainingError", "train", "bootstrap_weights", "HISTORY_COLUMNS", "outside_spline_range", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +107,33 @@ def versions() -> dict[str, str]:
     }
 
 
-def _batch_loss(flow: Any, z: Any, c: Any, w: Any) -> Any:
+def _batch_loss(flow: Any, z: Any, c: Any, w: Any, member_w: Any = None) -> Any:
     """Weighted mean negative log-likelihood of one batch (module level so tests can patch it).
 
-    For an ensemble, the mean of its members' NLLs (each member fitted on its own).
+    For an ensemble, the mean of its members' NLLs (each member fitted on its own); with
+    ``member_w`` (n, K), member k's events are weighted by ``w * member_w[:, k]`` (its bootstrap
+    replica).
     """
     import tensorflow as tf
 
-    nll = -flow.training_log_prob(z, c)
-    return tf.reduce_sum(w * nll) / tf.reduce_sum(w)
+    if member_w is None:
+        nll = -flow.training_log_prob(z, c)
+        return tf.reduce_sum(w * nll) / tf.reduce_sum(w)
+    nll = -flow.member_log_probs(z, c)  # (K, n)
+    weights = w[None, :] * tf.transpose(member_w)
+    per_member = tf.reduce_sum(weights * nll, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1e-12)
+    return tf.reduce_mean(per_member)
+
+
+def bootstrap_weights(n_events: int, n_members: int, seed: int) -> np.ndarray:
+    """Poisson(1) weights (n_events, n_members), float32: member k's bootstrap replica of the
+    training events. The same (seed, sizes) always give the same replicas (resume).
+
+    >>> bootstrap_weights(4, 2, seed=1).shape
+    (4, 2)
+    """
+    rng = np.random.default_rng([int(seed), 0xB007])
+    return rng.poisson(1.0, size=(int(n_events), int(n_members))).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,10 +198,13 @@ class _Compiled:
         jit: bool,
         clip_norm: float = 0.0,
         label_jitter: np.ndarray | None = None,
+        member_weights: np.ndarray | None = None,
     ) -> None:
         import tensorflow as tf
 
         self.flow = flow
+        # (n_train, K) bootstrap weights of the ensemble's members; None: every member sees w
+        self.member_w = None if member_weights is None else tf.constant(member_weights)
         self.clip_norm = float(clip_norm)
         # per conditioning column, in standardised units; None: the labels are used as they are
         self.label_jitter = (
@@ -213,8 +234,9 @@ class _Compiled:
             if self.label_jitter is not None:
                 noise = tf.random.stateless_normal(tf.shape(c), seed=tf.stack([noise_seed, i]), dtype=c.dtype)
                 c = c + noise * self.label_jitter
+            member_w = None if self.member_w is None else tf.gather(self.member_w, idx)
             with tf.GradientTape() as tape:
-                loss = _batch_loss(self.flow, z, c, w)
+                loss = _batch_loss(self.flow, z, c, w, member_w)
                 # the loss is the members' mean NLL; times K, each member gets the gradient
                 # of its own NLL, exactly as when trained alone
                 scaled = loss * float(len(self.flow.variable_groups))
@@ -267,6 +289,14 @@ class _Compiled:
     def noise_seed(seed: int, epoch: int) -> np.int32:
         """Seed of an epoch's label jitter: the same (seed, epoch) gives the same smearing (resume)."""
         return np.int32(np.random.default_rng([int(seed), int(epoch), 0x3177]).integers(2**31 - 1))
+
+
+def _member_weights(config: Config, n_train: int) -> np.ndarray | None:
+    """The ensemble members' bootstrap weights, or None (a single flow, or ``model.bootstrap`` off)."""
+    k = int(config.model.ensemble)
+    if k < 2 or not config.model.bootstrap:
+        return None
+    return bootstrap_weights(n_train, k, config.training.seed)
 
 
 def _label_jitter_scale(data: PreparedData, tc: Any) -> np.ndarray:
@@ -562,7 +592,7 @@ def train(
     ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
     compiled = _Compiled(
         flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm,
-        _label_jitter_scale(data, tc),
+        _label_jitter_scale(data, tc), _member_weights(config, data.n_train),
     )
     loop = _Loop(compiled, ckpt, schedule, optimizer, model_dir, tc)
     if resume:
