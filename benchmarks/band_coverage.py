@@ -112,7 +112,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """One table per scenario: coverage pooled over the features, and per feature."""
     lines = ["## Interpolation band coverage", ""]
     lines += [
-        f"One model per scenario with the default config and `model.ensemble = {ENSEMBLE}`; at each held-out point the "
+        f"One model per scenario with the default config and `model.ensemble = {ENSEMBLE}` (each member fitted to its own bootstrap replica of the events); at each held-out point the "
         "nominal template and its band (nominal +- band_scale(3) = 1.53 x the members' std per bin, a one-sigma prediction "
         "interval, as `generate --scan --variations`), "
         "as many events as the reference there, 1D templates per feature, in equal bins between the 0.1% and 99.9% quantiles of the point's reference. "
