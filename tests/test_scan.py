@@ -271,12 +271,13 @@ def test_scan_input_errors(model_dir, tmp_path):
     assert not (tmp_path / "a.root").exists()
 
 
-def test_scan_automatic_binning(model_dir, tmp_path):
+def test_scan_automatic_binning(model_dir, tmp_path, capsys):
     import uproot
 
     from fedhex_hep.generation.scan import run_scan
 
     out = run_scan(model_dir, "1200/1800,3", 100, tmp_path / "auto.root", bins=12, seed=2, progress=False, efficiency=0.5)
+    assert "Generating" not in capsys.readouterr().out  # progress=False: no bars from coffea either
     with uproot.open(out) as f:
         h = f[template_name("x", LABELS, [1200.0, 3.0])]
         assert len(h.axis().edges()) == 13

@@ -8,12 +8,13 @@ processes for the duration of the run and closes it afterwards.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from typing import Any
 from fedhex_hep.errors import FedhexError, UsageError
 
-__all__ = ["EXECUTORS", "ExecutorError", "SchedulerError", "check_executor", "dask_client"]
+__all__ = ["EXECUTORS", "ExecutorError", "SchedulerError", "check_executor", "dask_client", "bars_unless"]
 
 EXECUTORS = ("iterative", "futures", "dask")
 
@@ -24,6 +25,17 @@ class ExecutorError(UsageError, ValueError):
 
 class SchedulerError(FedhexError):
     """The dask scheduler at the given address cannot be reached or is not one; names the address."""
+
+
+@contextlib.contextmanager
+def bars_unless(progress: bool) -> Iterator[None]:
+    """Hide coffea's progress bars unless ``progress``: its executors draw them (on stdout) even
+    with ``status=False``."""
+    if progress:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def check_executor(kind: str, workers: int, scheduler: str | None = None) -> None:

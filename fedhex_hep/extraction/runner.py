@@ -22,7 +22,6 @@ naming the file and the reason: an :class:`ExtractionError`, or -- with
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.extraction.executors import check_executor, dask_client
+from fedhex_hep.extraction.executors import bars_unless, check_executor, dask_client
 from fedhex_hep.errors import FedhexError, did_you_mean
 
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
@@ -154,9 +153,7 @@ def run_processor(
             skipbadfiles=False,
             metadata_cache=metadata_cache if metadata_cache is not None else {},
         )
-        if not progress:
-            # coffea's futures executor draws its bars even with status=False
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        stack.enter_context(bars_unless(progress))
         with warnings.catch_warnings():
             # NanoAODSchema warns about cross-references to collections a file lacks and about
             # branches it rebuilds (e.g. Photon_mass); harmless here: we read branches by name.

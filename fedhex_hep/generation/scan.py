@@ -83,7 +83,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhex_hep.extraction.executors import EXECUTORS, ExecutorError, check_executor, dask_client
+from fedhex_hep.extraction.executors import EXECUTORS, ExecutorError, bars_unless, check_executor, dask_client
 from fedhex_hep.errors import FedhexError
 from fedhex_hep.naming import hist_name, point_tag as point_key, variation_name
 
@@ -523,7 +523,8 @@ def _run_processor(proc: Any, executor: str, workers: int, scheduler: str | None
         with _executor(executor, workers, scheduler, progress) as exe:
             runner = processor.Runner(executor=exe, schema=BaseSchema, chunksize=chunk_points)
             try:
-                result = runner(fileset, proc, treename="Points")
+                with bars_unless(progress):
+                    result = runner(fileset, proc, treename="Points")
             except GenerationProcessorError as exc:
                 raise ScanError(str(exc)) from None
     missing = [name for name in proc.template_names() if name not in result["templates"]]
