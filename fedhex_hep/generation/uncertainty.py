@@ -1,8 +1,9 @@
 """The interpolation uncertainty of a template: a band from the ensemble members, and its coverage.
 
-A trained ensemble (``model.ensemble = K >= 2``) holds K flows fitted to the same data from
-different initial weights. Each member gives its own template at a mass point; their spread per
-bin is the part of the interpolation error the fit cannot pin down. The band written next to a
+A trained ensemble (``model.ensemble = K >= 2``) holds K flows, each started from its own
+initial weights and (``model.bootstrap``, the default) fitted to its own bootstrap replica of the
+training events. Each member gives its own template at a mass point; their spread per bin is the
+part of the interpolation error that the grid's finite statistics and the fit leave open. The band written next to a
 template is a one-sigma prediction interval, ``nominal +- band_scale(K) * std_k(member_k)``
 (ddof = 1), as the shape variations ``<template>_<syst>Up`` / ``Down`` that CMS combine reads as
 one shape nuisance.
