@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import tomllib
 import types
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from fedhex_hep.errors import UsageError
+from fedhex_hep.errors import UsageError, did_you_mean
 
 __all__ = [
     "ConfigError",
@@ -370,8 +369,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if key not in known:
             full = f"{prefix}.{key}" if prefix else key
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            hint = did_you_mean(key, known, prefix + "." if prefix else "")
             allowed = ", ".join(sorted(known))
             raise ConfigError(f"config key '{full}': unknown key{hint}; allowed here: {allowed}")
     kwargs = {}
@@ -430,16 +428,14 @@ def _get(config: Config, dotted: str) -> Any:
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(value, choices)
         raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(choices)}{hint}")
 
 
 def _check_named(key: str, name: str, allowed: Any, what: str) -> None:
     """A key of a free table must name an existing column (``what``: feature or label)."""
     if name not in allowed:
-        close = difflib.get_close_matches(name, list(allowed), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, allowed)
         raise ConfigError(f"config key '{key}': no {what} named {name!r}{hint}")
 
 

@@ -46,9 +46,10 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'X'?)`` for the known name closest to ``name``, or an empty string."""
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'X'?)`` for the known name closest to ``name`` (``prefix`` put before
+    it, e.g. a config section), or an empty string."""
     import difflib
 
     match = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    return f" (did you mean {prefix + match[0]!r}?)" if match else ""
