@@ -48,6 +48,23 @@ def test_round_trip_is_exact() -> None:
     np.testing.assert_allclose(pre.inverse_labels(c), y, rtol=1e-12, atol=0)
 
 
+def test_label_relative_to_another_label_round_trips() -> None:
+    # the packaged default conditions on log m_Phi and log(m_omega / m_Phi)
+    x, y = _data()
+    config = PreprocessingConfig(
+        features=CONFIG.features,
+        labels={"lphi": ColumnTransform(transform="log"), "lomega": ColumnTransform(relative_to="lphi", transform="log")},
+    )
+    pre = Preprocessor.fit(x, y, FEATURES, LABELS, config)
+    z, c = pre.transform(x, y)
+    p = pre.label_params[1]
+    np.testing.assert_allclose(c[:, 1] * p.std + p.mean, np.log(y[:, 1] / y[:, 0]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(pre.inverse_labels(c), y, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(pre.inverse_features(z, y), x, rtol=1e-12, atol=0)
+    again = Preprocessor.from_json(pre.to_json())
+    assert np.array_equal(again.transform_labels(y), c)
+
+
 def test_standardised_on_training_data() -> None:
     x, y = _data()
     pre = Preprocessor.fit(x, y, FEATURES, LABELS, CONFIG)

@@ -109,13 +109,17 @@ def test_model_dir_layout_and_exact_checkpoint_epochs(tmp_path: Path) -> None:
     assert model.training_label_points.shape == (6, 2)
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+RATIO_LABEL = {"preprocessing.labels": {"gphi": {"transform": "log"}, "gomega": {"relative_to": "gphi", "transform": "log"}}}
+
+
+@pytest.mark.parametrize("extra", [{}, RATIO_LABEL], ids=["log-labels", "mass-ratio-label"])
+def test_resume_equals_uninterrupted(tmp_path: Path, extra: dict) -> None:
     fs = toy_featureset()
     full = tmp_path / "full"
-    train(fs, toy_config(), full, progress=False)
+    train(fs, toy_config(**extra), full, progress=False)
     part = tmp_path / "part"
-    train(fs, toy_config(**{"training.epochs": 2}), part, progress=False)
-    train(fs, toy_config(), part, resume=True, progress=False)
+    train(fs, toy_config(**extra, **{"training.epochs": 2}), part, progress=False)
+    train(fs, toy_config(**extra), part, resume=True, progress=False)
     assert (full / "history.csv").read_bytes() == (part / "history.csv").read_bytes()
     assert _same(_final_weights(full), _final_weights(part))
     assert _same(_ckpt_weights(full, "last"), _ckpt_weights(part, "last"))
@@ -212,7 +216,8 @@ def test_save_load_identity(tmp_path: Path, kind: str, blocks: int, hidden: list
     cfg = toy_config(**{"model.kind": "spline" if kind == "spline" else "maf", "model.spline_blocks": spline_blocks,
                         "model.base_components": 4 if kind == "mixbase" else 1,
                         "model.n_blocks": blocks, "model.hidden_units": hidden,
-                        "training.epochs": 2, "training.checkpoint_every": 1})
+                        "training.epochs": 2, "training.checkpoint_every": 1,
+                        **(RATIO_LABEL if kind == "hybrid" else {})})  # hybrid: the packaged model
     model = train(fs, cfg, tmp_path / "m", progress=False)
     loaded = load_model(tmp_path / "m")
     x, y = fs.features[:200], fs.labels[:200]
