@@ -88,3 +88,12 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     """stderr lines that are not TensorFlow's start-up chatter."""
     noise = ("WARNING: All log", "I0000", "E0000", "W0000", "oneDNN")
     return [line for line in result.stderr.strip().splitlines() if line.strip() and not line.startswith(noise)]
+
+
+def train_tiny_model(tmp_path_factory) -> Path:
+    """A really trained tiny flow on :func:`toy_featureset` with :func:`toy_model_config`."""
+    from fedhex_hep.model.training import train
+
+    path = tmp_path_factory.mktemp("model") / "m"
+    train(toy_featureset(), toy_model_config(), path, progress=False)
+    return path

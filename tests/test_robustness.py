@@ -21,6 +21,7 @@ from robust_helpers import (
     small_config,
     toy_featureset,
     toy_model_config,
+    train_tiny_model,
     write_small_root,
 )
 
@@ -159,11 +160,7 @@ def test_generation_estimate_grows_with_events_not_batches():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     pytest.importorskip("tensorflow")
-    from fedhex_hep.model.training import train
-
-    path = tmp_path_factory.mktemp("model") / "m"
-    train(toy_featureset(), toy_model_config(), path, progress=False)
-    return path
+    return train_tiny_model(tmp_path_factory)
 
 
 def _flip(path: Path, offsets: list[int]) -> None:

@@ -33,9 +33,8 @@ def _toy(n_per_point: int, seed: int):
     return feats, labels
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """A really trained tiny flow (2 features, 2 labels, 2 epochs)."""
+def train_toy_model(path: Path, ensemble: int = 1) -> Path:
+    """A really trained tiny flow, or ensemble of flows (2 features, 2 labels, 2 epochs), at ``path``."""
     from fedhex_hep.config import config_from_dict
     from fedhex_hep.io.featureset import FeatureSet
     from fedhex_hep.model.training import train
@@ -43,15 +42,18 @@ def model_dir(tmp_path_factory) -> Path:
     cfg = config_from_dict(
         {
             "input": {"features": {f: f for f in FEATURES}, "labels": {lab: lab for lab in LABELS}},
-            "model": {"n_blocks": 1, "spline_blocks": 0, "hidden_units": [8], "ensemble": 1},
+            "model": {"n_blocks": 1, "spline_blocks": 0, "hidden_units": [8], "ensemble": ensemble},
             "training": {"epochs": 2, "decay_epochs": 2, "checkpoint_every": 1, "patience": 0, "batch_size": 256},
         }
     )
     feats, labels = _toy(300, seed=3)
-    fs = FeatureSet.from_numpy(feats, labels, FEATURES, LABELS)
-    path = tmp_path_factory.mktemp("scan") / "model"
-    train(fs, cfg, path, progress=False)
+    train(FeatureSet.from_numpy(feats, labels, FEATURES, LABELS), cfg, path, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return train_toy_model(tmp_path_factory.mktemp("scan") / "model")
 
 
 def _efficiency_model():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from robust_helpers import REPO, error_lines, run_cli, toy_featureset, toy_model_config
+from robust_helpers import REPO, error_lines, run_cli, toy_featureset, train_tiny_model
 from test_templates import _gaussian_model
 
 from fedhex_hep.generation.sampling import generate
@@ -143,11 +143,7 @@ def test_streaming_is_refused_only_when_one_batch_does_not_fit(monkeypatch, tmp_
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     pytest.importorskip("tensorflow")
-    from fedhex_hep.model.training import train
-
-    path = tmp_path_factory.mktemp("model") / "m"
-    train(toy_featureset(), toy_model_config(), path, progress=False)
-    return path
+    return train_tiny_model(tmp_path_factory)
 
 
 def _cli_generate(model: Path, out: Path, limit: str | None):

@@ -10,14 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from scipy.stats import norm
+from test_scan import FEATURES, LABELS, TRAIN_GRID, train_toy_model
 
 from fedhex_hep.binning import BinningError, apply_overflow, parse_bins_option, parse_bins_options, read_edges_file
 from fedhex_hep.generation.uncertainty import UncertaintyError, band_coverage, band_scale, interpolation_band
 from fedhex_hep.naming import hist_name, variation_name
 
-FEATURES = ["x", "y"]
-LABELS = ["ma", "mb"]
-TRAIN_GRID = [(1000.0, 2.0), (1000.0, 6.0), (2000.0, 2.0), (2000.0, 6.0), (1500.0, 4.0)]
 
 
 # -- acceptance: a sampler whose distribution is known exactly ----------------------------------
@@ -168,23 +166,7 @@ def test_interpolation_band_scales_the_members_spread():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A really trained tiny ensemble of two flows (2 features, 2 labels, 2 epochs)."""
-    from fedhex_hep.config import config_from_dict
-    from fedhex_hep.io.featureset import FeatureSet
-    from fedhex_hep.model.training import train
-
-    cfg = config_from_dict(
-        {
-            "input": {"features": {f: f for f in FEATURES}, "labels": {lab: lab for lab in LABELS}},
-            "model": {"n_blocks": 1, "spline_blocks": 0, "hidden_units": [8], "ensemble": 2},
-            "training": {"epochs": 2, "decay_epochs": 2, "checkpoint_every": 1, "patience": 0, "batch_size": 256},
-        }
-    )
-    rng = np.random.default_rng(3)
-    labels = np.repeat(np.array(TRAIN_GRID), 300, axis=0)
-    feats = np.stack([rng.normal(labels[:, 0], 0.05 * labels[:, 0]), rng.normal(labels[:, 1], 0.1 * labels[:, 1])], axis=1)
-    path = tmp_path_factory.mktemp("templates") / "model"
-    train(FeatureSet.from_numpy(feats, labels, FEATURES, LABELS), cfg, path, progress=False)
-    return path
+    return train_toy_model(tmp_path_factory.mktemp("templates") / "model", ensemble=2)
 
 
 def _cli(*args: str):
