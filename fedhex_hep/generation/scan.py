@@ -535,7 +535,7 @@ def _run_processor(proc: Any, executor: str, workers: int, scheduler: str | None
 
 def _collect(proc: Any, result: dict, eff: Any, norm: _Normalisation) -> dict[str, Any]:
     """Scaled (and, with ``fold``, folded) templates and the per-point table of the ``scan`` tree."""
-    from fedhex_hep.binning import fold_flow, outside_fraction
+    from fedhex_hep.binning import apply_overflow
 
     k = len(proc.points)
     keys = [point_key(proc.label_names, p) for p in proc.points]
@@ -558,9 +558,10 @@ def _collect(proc: Any, result: dict, eff: Any, norm: _Normalisation) -> dict[st
             names = [nominal] + ([variation_name(nominal, proc.syst, d) for d in ("Up", "Down")] if proc.variations else [])
             for name in names:
                 h = result["templates"][name]
-                fraction = outside_fraction(h) if proc.overflow == "fold" else 1.0 - float(table["acceptance"][i])
                 if proc.overflow == "fold":
-                    h = fold_flow(h)
+                    h, fraction = apply_overflow(h, "fold")
+                else:  # sampled inside the edges: what fell outside was never drawn
+                    fraction = 1.0 - float(table["acceptance"][i])
                 if scale != 1.0:
                     h = h * scale  # Weight storage: variances scale by scale^2
                 h.name = name
