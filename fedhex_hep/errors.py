@@ -46,10 +46,16 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
-    """`` (did you mean 'X'?)`` for the known name closest to ``name`` (``prefix`` put before
-    it, e.g. a config section), or an empty string."""
+def closest_match(name: str, known: Iterable[str]) -> str:
+    """The known name closest to ``name`` (difflib's ratio >= 0.6), or an empty string."""
     import difflib
 
     match = difflib.get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {prefix + match[0]!r}?)" if match else ""
+    return match[0] if match else ""
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'X'?)`` for the known name closest to ``name`` (``prefix`` put before
+    it, e.g. a config section), or an empty string."""
+    match = closest_match(name, known)
+    return f" (did you mean {prefix + match!r}?)" if match else ""

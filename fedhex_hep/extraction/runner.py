@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.extraction.executors import bars_unless, check_executor, dask_client
-from fedhex_hep.errors import FedhexError, did_you_mean
+from fedhex_hep.errors import FedhexError, closest_match, did_you_mean
 
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
 
@@ -46,6 +46,18 @@ class ExtractionError(FedhexError, ValueError):
 
 class BadFileWarning(UserWarning):
     """An input file was skipped (``input.skip_bad_files = true``); the message names it."""
+
+
+class MissingBranch(str):
+    """A :func:`check_file` reason: the tree lacks ``branch``; ``suggestion`` is its closest match or ''."""
+
+    branch: str
+    suggestion: str
+
+    def __new__(cls, branch: str, treename: str, present: set[str]) -> MissingBranch:
+        reason = super().__new__(cls, f"branch {branch!r} is missing from tree {treename!r}{did_you_mean(branch, present)}")
+        reason.branch, reason.suggestion = branch, closest_match(branch, present)
+        return reason
 
 
 def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | None, int, bytes]:
@@ -72,7 +84,7 @@ def check_file(path: str, treename: str, branches: list[str]) -> tuple[str | Non
             present = set(tree.keys(recursive=True))
             for name in branches:
                 if name not in present:
-                    return f"branch {name!r} is missing from tree {treename!r}{did_you_mean(name, present)}", 0, b""
+                    return MissingBranch(name, treename, present), 0, b""
             if size is not None:
                 for name in branches:
                     branch = tree[name]
@@ -240,7 +252,7 @@ def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejects) -> tup
     entries: dict[str, int] = {}
     known_meta: dict[Any, Any] = {}
     checked = [(ds, path, tree, check_file(path, tree, proc.branches(fileset[ds]["metadata"]))) for ds, path, tree in fileset_files(fileset)]
-    missing = [(path, result[0]) for _, path, _, result in checked if result[0] and result[0].startswith("branch ")]
+    missing = [(path, result[0]) for _, path, _, result in checked if isinstance(result[0], MissingBranch)]
     if checked and len(missing) == len(checked):
         # no file has the branch: the configuration is at fault, not the files
         _refuse_missing_branch(missing[0][1], proc, [path for path, _ in missing])
@@ -255,21 +267,17 @@ def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejects) -> tup
     return entries, known_meta
 
 
-_MISSING_BRANCH = re.compile(r"^branch '([^']+)' is missing")
-
-
-def _refuse_missing_branch(reason: str, proc: Any, files: list[str]) -> None:
+def _refuse_missing_branch(reason: MissingBranch, proc: Any, files: list[str]) -> None:
     """A ConfigError naming the config key that reads a branch no input file has."""
     from fedhex_hep.config import ConfigError
 
-    match = _MISSING_BRANCH.match(reason)
-    branch = match.group(1) if match else reason
+    branch = reason.branch
     texts = {"selection": proc.selection, "weight": proc.weight}
     texts.update({f"features.{k}": v for k, v in proc.features.items()})
     texts.update({f"labels.{k}": v for k, v in proc.labels.items()})
     users = [k for k, text in texts.items() if isinstance(text, str) and re.search(rf"\b{re.escape(branch)}\b", text)]
     where = f"config key 'input.{users[0]}'" if users else "the configuration"
-    hint = "; " + reason[reason.index("(did you mean") + 1 : -1] if "(did you mean" in reason else ""
+    hint = f"; did you mean {reason.suggestion!r}?" if reason.suggestion else ""
     raise ConfigError(
         f"{where} reads branch {branch!r}, which none of the {len(files)} input files has (first: {files[0]}{hint})"
     )
