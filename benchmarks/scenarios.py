@@ -16,10 +16,15 @@ Scenarios (``SCENARIOS``):
   point, with the prong-merging threshold (``make-samples --threshold 0.3``: below
   m_omega = 0.3 GeV x m_Phi / 1 TeV);
 * ``irregular``: ``coarse`` with 30% of its points removed at random (seeded);
-* ``lowstat``: ``coarse`` with 1,500 events per point.
+* ``sparse``: the same with another random 30% removed, among them a corner of each
+  threshold cell;
+* ``lowstat``: ``coarse`` with 1,500 events per point;
+* ``shifted``: another spacing and range (m_Phi 600-4800 GeV in 6 steps of x1.5, m_omega
+  0.6-8.3 GeV in 6 steps of x1.7, 3,000 events per point) with the threshold elsewhere
+  (``--threshold 0.4``), scored at other points.
 
-``irregular`` and ``lowstat`` are held back: they were not looked at while the defaults were
-chosen (only ``demo`` and ``coarse`` were).
+``irregular``, ``lowstat`` and ``shifted`` are held back: they were not looked at while the
+defaults were chosen (only ``demo``, ``coarse`` and ``sparse`` were).
 
 Done-when (per scenario): at smooth points the flow's mean AUC is within +0.005 of morphing's
 and every 2D chi2/ndf <= max(1.2, morphing's + 0.1); at threshold points the flow beats
@@ -54,6 +59,13 @@ COARSE_SMOOTH = [(1250.0, 1.5), (2500.0, 4.0), (3500.0, 6.0), (1750.0, 2.5), (45
 # above it with (4000, 1) and (5000, 1) below it
 COARSE_THRESHOLD = [(1750.0, 0.75), (3500.0, 0.75), (4500.0, 1.5)]
 THRESHOLD = 0.3
+SHIFTED_PHI = (600.0, 900.0, 1400.0, 2100.0, 3200.0, 4800.0)
+SHIFTED_OMEGA = (0.6, 1.0, 1.7, 2.9, 4.9, 8.3)
+# the edge (m_omega = 0.4 m_Phi / TeV) crosses these cells: (1700, 0.8) lies above it with
+# (2100, 0.6) below; (2600, 1.3) above it with (3200, 1) below; (4000, 1.3) below it with
+# (3200, 1.7) above
+SHIFTED_THRESHOLD = [(1700.0, 0.8), (2600.0, 1.3), (4000.0, 1.3)]
+SHIFTED_SMOOTH = [(750.0, 1.3), (1150.0, 2.2), (1750.0, 3.8), (2600.0, 6.4), (4000.0, 3.8)]
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "demo": {
@@ -69,9 +81,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "phi": COARSE_PHI, "omega": COARSE_OMEGA, "events": 4000, "threshold": THRESHOLD, "drop": 0.3,
         "held_back": True, "smooth": COARSE_SMOOTH, "threshold_points": COARSE_THRESHOLD,
     },
+    "sparse": {
+        "phi": COARSE_PHI, "omega": COARSE_OMEGA, "events": 4000, "threshold": THRESHOLD, "drop": 0.3,
+        "drop_seed": 21, "held_back": False, "smooth": COARSE_SMOOTH, "threshold_points": COARSE_THRESHOLD,
+    },
     "lowstat": {
         "phi": COARSE_PHI, "omega": COARSE_OMEGA, "events": 1500, "threshold": THRESHOLD, "drop": 0.0,
         "held_back": True, "smooth": COARSE_SMOOTH, "threshold_points": COARSE_THRESHOLD,
+    },
+    "shifted": {
+        "phi": SHIFTED_PHI, "omega": SHIFTED_OMEGA, "events": 3000, "threshold": 0.4, "drop": 0.0,
+        "held_back": True, "smooth": SHIFTED_SMOOTH, "threshold_points": SHIFTED_THRESHOLD,
     },
 }
 REFERENCE_EVENTS = 10000
@@ -102,7 +122,7 @@ def grid_features(name: str, spec: dict[str, Any], workdir: Path, config: Any) -
         fs = _extract([str(workdir / "grid")], config)
     if spec["drop"] > 0:
         points = fs.label_points()
-        rng = np.random.default_rng(DROP_SEED)
+        rng = np.random.default_rng(spec.get("drop_seed", DROP_SEED))
         drop = rng.choice(len(points), int(round(spec["drop"] * len(points))), replace=False)
         keep = np.ones(len(fs), dtype=bool)
         for p in points[drop]:
