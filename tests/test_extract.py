@@ -176,6 +176,17 @@ def test_misspelled_branch_is_named_once_with_a_suggestion(nano_fileset):
         extract(nano_config(nano_fileset, **{"input.features": {"pt": "Muon_ptt[0]"}}), progress=False)
 
 
+def test_check_file_names_a_missing_branch_and_its_closest_match(nanoaod_dir):
+    from fedhex_hep.extraction.runner import MissingBranch, check_file
+
+    path = str(sorted(nanoaod_dir.glob("*.root"))[0])
+    reason, entries, _ = check_file(path, "Events", ["nMuon", "Muon_ptt"])
+    assert isinstance(reason, MissingBranch) and entries == 0
+    assert (reason.branch, reason.suggestion) == ("Muon_ptt", "Muon_pt")
+    assert reason == "branch 'Muon_ptt' is missing from tree 'Events' (did you mean 'Muon_pt'?)"
+    assert check_file(path, "Events", ["nMuon", "Muon_pt"])[0] is None
+
+
 def test_callable_error_fails_before_the_run_with_a_suggestion(nano_fileset, nanoaod_dir):
     from fedhex_hep.processors.extraction import FeatureProcessor
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.extraction.executors import bars_unless, check_executor, dask_client
-from fedhex_hep.errors import FedhexError, closest_match, did_you_mean
+from fedhex_hep.errors import FedhexError, closest_match
 
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
 
@@ -55,8 +55,10 @@ class MissingBranch(str):
     suggestion: str
 
     def __new__(cls, branch: str, treename: str, present: set[str]) -> MissingBranch:
-        reason = super().__new__(cls, f"branch {branch!r} is missing from tree {treename!r}{did_you_mean(branch, present)}")
-        reason.branch, reason.suggestion = branch, closest_match(branch, present)
+        suggestion = closest_match(branch, present)
+        hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
+        reason = super().__new__(cls, f"branch {branch!r} is missing from tree {treename!r}{hint}")
+        reason.branch, reason.suggestion = branch, suggestion
         return reason
 
 
@@ -240,7 +242,7 @@ class _Rejects:
             raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
         warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=3)
         log.warning("skipping %s", message)
-        self.skipped.append({"file": path, "reason": reason})
+        self.skipped.append({"file": path, "reason": str(reason)})
 
 
 def _precheck_files(fileset: dict[str, Any], proc: Any, reject: _Rejects) -> tuple[dict[str, int], dict[Any, Any]]:
