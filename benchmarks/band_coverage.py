@@ -92,15 +92,14 @@ def run(name: str, out: Path, n_bins: int, reuse: bool) -> dict[str, Any]:
     workdir = out / name
     workdir.mkdir(parents=True, exist_ok=True)
     grid = scenarios.grid_features(name, spec, workdir, config)
-    kinds = [("smooth", p) for p in spec["smooth"]] + [("threshold", p) for p in spec["threshold_points"]]
-    points = np.array([p for _, p in kinds], dtype=np.float64)
+    kinds, points = scenarios.evaluation_points(spec)
     ref = scenarios.reference(spec, points, workdir, config)
     model_dir = workdir / f"model_ensemble{ENSEMBLE}"
     if not (reuse and (model_dir / "training.json").exists()):
         train(grid, config, model_dir, progress=False, overwrite=True)
     train_s = float(sum(json.loads((model_dir / "training.json").read_text())["epoch_seconds"]))
     rows = []
-    for (kind, _), point in zip(kinds, points):
+    for kind, point in zip(kinds, points):
         bins = fixed_bins(ref, point, n_bins)
         row = {"point": point.tolist(), "kind": kind, **score_point(model_dir, point, ref, bins)}
         rows.append(row)

@@ -49,9 +49,9 @@ HEAVY: dict[str, Any] = {
 }
 
 
-def measure(name: str, config: Any, grid: Any, ref: Any, kinds: list[tuple[str, Any]], out: Path,
+def measure(name: str, config: Any, grid: Any, ref: Any, kinds: list[str], points: np.ndarray, out: Path,
             full_epochs: int) -> dict[str, Any]:
-    """Train, time, and score one configuration at the (kind, point) pairs ``kinds``."""
+    """Train, time, and score one configuration at ``points`` (n, 2) of the given ``kinds``."""
     from fedhex_hep.model.training import train
 
     t0 = time.perf_counter()
@@ -62,8 +62,7 @@ def measure(name: str, config: Any, grid: Any, ref: Any, kinds: list[tuple[str, 
     # fixed cost (data preparation, graph building) + per-epoch cost scaled to the full schedule
     extrapolated = seconds + (full_epochs - run_epochs) * float(np.median(epoch_s))
     rows = []
-    for kind, point in kinds:
-        point = np.asarray(point, dtype=np.float64)
+    for kind, point in zip(kinds, points):
         row = scenarios.score_point(point, ref.features[ref.mask_label(point)], model, grid, seed=0)
         rows.append({"point": point.tolist(), "kind": kind, **row})
         print(f"[{name}] {kind} {point.tolist()}: flow {row['flow']} morph {row['morph']}", flush=True)
@@ -116,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config()
     spec = scenarios.SCENARIOS[args.scenario]
     grid = scenarios.grid_features(args.scenario, spec, workdir, config)
-    kinds = [("smooth", p) for p in spec["smooth"]] + [("threshold", p) for p in spec["threshold_points"]]
-    ref = scenarios.reference(spec, np.array([p for _, p in kinds], dtype=np.float64), workdir, config)
-    new = measure("default", config, grid, ref, kinds, workdir, config.training.epochs)
+    kinds, points = scenarios.evaluation_points(spec)
+    ref = scenarios.reference(spec, points, workdir, config)
+    new = measure("default", config, grid, ref, kinds, points, workdir, config.training.epochs)
     heavy_cfg = config.with_overrides({**HEAVY, "training.epochs": args.heavy_epochs})
-    heavy = measure("heavy", heavy_cfg, grid, ref, kinds, workdir, HEAVY["training.epochs"])
+    heavy = measure("heavy", heavy_cfg, grid, ref, kinds, points, workdir, HEAVY["training.epochs"])
     (workdir / "bench_defaults.json").write_text(json.dumps({"default": new, "heavy": heavy}, indent=2))
     text = markdown(args.scenario, new, heavy)
     (workdir / "bench_defaults.md").write_text(text + "\n")

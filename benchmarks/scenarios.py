@@ -132,6 +132,12 @@ def grid_features(name: str, spec: dict[str, Any], workdir: Path, config: Any) -
     return fs
 
 
+def evaluation_points(spec: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """The scenario's off-grid points: their kinds ("smooth", then "threshold") and the points (n, 2)."""
+    kinds = ["smooth"] * len(spec["smooth"]) + ["threshold"] * len(spec["threshold_points"])
+    return kinds, np.array(list(spec["smooth"]) + list(spec["threshold_points"]), dtype=np.float64)
+
+
 def reference(spec: dict[str, Any], points: np.ndarray, workdir: Path, config: Any) -> Any:
     """Fresh simulator MC at the evaluation points (another seed than any grid), cached."""
     from fedhex_hep.io.featureset import FeatureSet
@@ -201,8 +207,7 @@ def run_scenario(
     workdir = out / name
     workdir.mkdir(parents=True, exist_ok=True)
     grid = grid_features(name, spec, workdir, config)
-    kinds = [("smooth", p) for p in spec["smooth"]] + [("threshold", p) for p in spec["threshold_points"]]
-    points = np.array([p for _, p in kinds], dtype=np.float64)
+    kinds, points = evaluation_points(spec)
     ref = reference(spec, points, workdir, config)
     t0 = time.perf_counter()
     if reuse and (workdir / "model" / "training.json").exists():
@@ -212,7 +217,7 @@ def run_scenario(
         model = train(grid, config, workdir / "model", progress=False, overwrite=True)
         train_s = time.perf_counter() - t0
     rows = []
-    for (kind, _), point in zip(kinds, points):
+    for kind, point in zip(kinds, points):
         row = score_point(point, ref.features[ref.mask_label(point)], model, grid, seed)
         rows.append({"point": point.tolist(), "kind": kind, **row})
         print(f"[{name}] {kind} {point.tolist()}: flow {row['flow']} morph {row['morph']}", flush=True)
