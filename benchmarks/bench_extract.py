@@ -87,7 +87,6 @@ def raw_read(files: list[Path], step_size: int) -> tuple[int, int, float]:
 def run(n_events: int = 1_000_000, repeats: int = 1, workers: int = 2, compression: str = "lzma",
         workdir: str | Path | None = None, keep: bool = False, chunksize: int = 200_000) -> dict[str, Any]:
     """Run the benchmark; returns a dict of events/s (median over ``repeats``) and ratios."""
-
     import fedhex_hep
     from fedhex_hep.config import load_config
     from fedhex_hep.extraction.runner import extract

@@ -17,7 +17,6 @@ from fedhex_hep.generation.uncertainty import UncertaintyError, band_coverage, b
 from fedhex_hep.naming import hist_name, variation_name
 
 
-
 # -- acceptance: a sampler whose distribution is known exactly ----------------------------------
 class _GaussianFlow:
     """z ~ N(0, 1) per feature, reproducible from the seed pair (the flow interface)."""
