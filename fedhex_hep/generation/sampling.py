@@ -41,9 +41,8 @@ __all__ = ["XLA_MIN_EVENTS", "use_xla", "GenerationError", "generate", "generati
 log = logging.getLogger(__name__)
 
 _POINT_STRIDE = 2**20  # batch seeds of different points never collide below 1M batches per point
-# Events per point from which the sampler is XLA-compiled: the packaged architecture's XLA
-# compile takes ~2x the plain graph's first call and saves ~2 us per event after it, even only
-# past ~6M events (benchmarks/bench_scan.py, benchmarks/bench_generate.py).
+# Events per point from which the sampler is XLA-compiled: compiling costs about twice the plain
+# graph's first call and pays off only from ~6M events (benchmarks/bench_scan.py, bench_generate.py).
 XLA_MIN_EVENTS = 6_000_000
 
 

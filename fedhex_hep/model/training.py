@@ -54,24 +54,16 @@ _EVAL_CHUNK = 65536
 # Per-event cap (nats) on the validation NLL used for early stopping and the best checkpoint:
 # a density below e^-30 is a > 7 sigma outlier for any sensible fit.
 VAL_NLL_CAP = 30.0
-# XLA for the epoch function: measured on 2 CPU cores (5 blocks x [64, 64], batch 1024) the
-# XLA-compiled epoch loop ran at ~4k events/s against ~150-200k for the plain graph, and the
-# spline's loop takes minutes to compile; so plain graphs by default. XLA for each step's loss
-# and gradients alone (batch passed in, loop and optimizer in the plain graph) was measured on
-# the default model (mixture of 3, two spline blocks, demo grid, 2 idle cores): 3.1-3.2 s per
-# epoch against 2.9-3.0 s without, so it is not used either.
+# XLA for the training epoch: off. On CPU the compiled loop is far slower than the plain graph,
+# XLA for each step alone gains nothing, and the spline's loop takes minutes to compile.
 JIT_COMPILE = False
-# XLA for the validation pass alone (forward only, no loop): measured on 2 CPU cores for
-# 10k validation events, maf 5 x [64, 64]: 10.0 -> 5.3 ms per pass (spline 49 -> 30 ms), for a
-# one-off compilation of ~0.4 s (spline ~0.9 s). Deterministic like the plain graph.
+# XLA for the validation pass alone (forward only, no loop): about twice as fast after a
+# compilation of a second or less, and as deterministic as the plain graph.
 EVAL_JIT_COMPILE = True
 # Intra-op threads while training, set when train() is the first TensorFlow user of the process
-# (TF_NUM_INTRAOP_THREADS or an earlier tf.config setting wins). The flow's ops are small
-# (batch x 64 matrices): splitting each over threads costs more in synchronisation than it
-# gains, while the inter-op pool still runs independent ops side by side. Measured on 2 shared
-# cores (maf 5 x [64, 64], batch 1024): epoch 367-392k -> 427-431k events/s (with the fused
-# Adam below: 386k -> 499-505k); weights after 3 epochs bit-identical to the default setting;
-# sampling 1M events unchanged (1.78 s vs 1.80 s).
+# (TF_NUM_INTRAOP_THREADS or an earlier tf.config setting wins). The flow's ops (batch x 64
+# matrices) are too small to gain from splitting over threads; the inter-op pool still runs
+# independent ops side by side, and the weights are the same.
 TRAIN_INTRA_OP_THREADS = 1
 # Smallest batch effective_batch_size() lowers training.batch_size to.
 _MIN_AUTO_BATCH = 256
@@ -462,9 +454,8 @@ def _make_optimizer(flow: Any, tc: Any, steps: int) -> tuple[Any, Any]:
     import tf_keras
 
     schedule = learning_rate_schedule(tc, steps)
-    # The legacy Adam applies each variable's update with one fused ResourceApplyAdam kernel
-    # (the same Adam arithmetic; the train-step graph has 1468 ops instead of 2971): measured
-    # 1.16-1.18x per epoch with one intra-op thread, neutral with two; identical loss to 4 decimals.
+    # The legacy Adam applies each variable's update with one fused ResourceApplyAdam kernel:
+    # the same arithmetic in half the graph ops, so faster epochs with one intra-op thread.
     optimizer = tf_keras.optimizers.legacy.Adam(learning_rate=schedule)
     optimizer._create_all_weights(list(flow.trainable_variables))
     return schedule, optimizer
