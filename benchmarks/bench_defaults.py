@@ -64,8 +64,7 @@ def measure(name: str, config: Any, grid: Any, refs: tuple[Any, Any], kinds: lis
     extrapolated = seconds + (full_epochs - run_epochs) * float(np.median(epoch_s))
     rows = []
     for kind, point in zip(kinds, points):
-        ref, goal = (r.features[r.mask_label(point)] for r in refs)
-        row = scenarios.score_point(point, ref, model, grid, seed=0, goal_ref=goal)
+        row = scenarios.score_point(point, refs, model, grid, seed=0)
         rows.append({"point": point.tolist(), "kind": kind, **row})
         print(f"[{name}] {kind} {point.tolist()}: flow {row['flow']} morph {row['morph']}", flush=True)
     return {
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = scenarios.SCENARIOS[args.scenario]
     grid = scenarios.grid_features(args.scenario, spec, workdir, config)
     kinds, points = scenarios.evaluation_points(spec)
-    refs = (scenarios.reference(spec, points, workdir, config), scenarios.goal_reference(spec, points, workdir, config))
+    refs = scenarios.references(spec, points, workdir, config)
     new = measure("default", config, grid, refs, kinds, points, workdir, config.training.epochs)
     heavy_cfg = config.with_overrides({**HEAVY, "training.epochs": args.heavy_epochs})
     heavy = measure("heavy", heavy_cfg, grid, refs, kinds, points, workdir, HEAVY["training.epochs"])

@@ -164,26 +164,29 @@ def reference(
     return fs
 
 
-def goal_reference(spec: dict[str, Any], points: np.ndarray, workdir: Path, config: Any) -> Any:
-    """The larger, independent reference for the AUC goal at GOAL_EVENTS events per side."""
-    return reference(spec, points, workdir, config, GOAL_REFERENCE_EVENTS, GOAL_REFERENCE_SEED, "reference_goal")
+def references(spec: dict[str, Any], points: np.ndarray, workdir: Path, config: Any) -> tuple[Any, Any]:
+    """The scenario's reference and its goal reference: a larger, independent one for the AUC
+    goal at GOAL_EVENTS events per side (both cached)."""
+    goal = reference(spec, points, workdir, config, GOAL_REFERENCE_EVENTS, GOAL_REFERENCE_SEED, "reference_goal")
+    return reference(spec, points, workdir, config), goal
 
 
-def score_point(
-    point: np.ndarray, ref: np.ndarray, model: Any, grid: Any, seed: int, goal_ref: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Flow and robust moment morphing at ``point`` against the reference ``ref`` (n, F).
+def score_point(point: np.ndarray, refs: tuple[Any, Any], model: Any, grid: Any, seed: int) -> dict[str, Any]:
+    """Flow and robust moment morphing at ``point`` against ``refs`` (the scenario's reference
+    and goal reference, FeatureSets).
 
     Morphing re-uses MC events when asked for more than its grid corners hold, and repeated
     events would inflate its classifier AUC; so both methods are compared with ``n`` events,
-    ``n`` = the reference size capped at the number of distinct events morphing can give.
-    ``goal_ref``: the flow alone against it with GOAL_EVENTS events per side (``flow_goal``).
+    ``n`` = the reference's size at ``point`` capped at the number of distinct events morphing
+    can give. The flow alone is also compared with the goal reference at GOAL_EVENTS events per
+    side (``flow_goal``).
     """
     from fedhex_hep.generation.morphing import MomentMorphing
     from fedhex_hep.generation.sampling import generate
     from fedhex_hep.validation import metrics
     from fedhex_hep.validation.closure import _morph_cap
 
+    ref, goal_ref = (r.features[r.mask_label(point)] for r in refs)
     interp = MomentMorphing(grid, robust=True)
     n = int(min(len(ref), _morph_cap(interp, point)))
     flow = generate(model, point[None, :], n, seed=seed).features
@@ -192,11 +195,10 @@ def score_point(
     for name, sample in (("flow", flow), ("morph", morph)):
         joint = metrics.joint_metrics(sample[:n], ref[:n], seed=seed)
         out[name] = {"auc": joint["auc"], "chi2_2d_ndf": joint["chi2_2d_ndf"]}
-    if goal_ref is not None:
-        n_goal = int(min(GOAL_EVENTS, len(goal_ref)))
-        flow = generate(model, point[None, :], n_goal, seed=seed).features
-        joint = metrics.joint_metrics(flow, goal_ref[:n_goal], seed=seed)
-        out["flow_goal"] = {"n": n_goal, "auc": joint["auc"], "chi2_2d_ndf": joint["chi2_2d_ndf"]}
+    n_goal = int(min(GOAL_EVENTS, len(goal_ref)))
+    flow = generate(model, point[None, :], n_goal, seed=seed).features
+    joint = metrics.joint_metrics(flow, goal_ref[:n_goal], seed=seed)
+    out["flow_goal"] = {"n": n_goal, "auc": joint["auc"], "chi2_2d_ndf": joint["chi2_2d_ndf"]}
     return out
 
 
@@ -231,8 +233,7 @@ def run_scenario(
     workdir.mkdir(parents=True, exist_ok=True)
     grid = grid_features(name, spec, workdir, config)
     kinds, points = evaluation_points(spec)
-    ref = reference(spec, points, workdir, config)
-    goal_ref = goal_reference(spec, points, workdir, config)
+    refs = references(spec, points, workdir, config)
     t0 = time.perf_counter()
     if reuse and (workdir / "model" / "training.json").exists():
         model = load_model(workdir / "model")
@@ -242,8 +243,7 @@ def run_scenario(
         train_s = time.perf_counter() - t0
     rows = []
     for kind, point in zip(kinds, points):
-        row = score_point(point, ref.features[ref.mask_label(point)], model, grid, seed,
-                          goal_ref.features[goal_ref.mask_label(point)])
+        row = score_point(point, refs, model, grid, seed)
         rows.append({"point": point.tolist(), "kind": kind, **row})
         print(f"[{name}] {kind} {point.tolist()}: flow {row['flow']} morph {row['morph']}", flush=True)
     return {

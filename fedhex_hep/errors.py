@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["FedhexError", "UsageError", "did_you_mean", "one_line"]
+__all__ = ["FedhexError", "UsageError", "closest_match", "did_you_mean", "one_line", "suggestion_hint"]
 
 
 class FedhexError(Exception):
@@ -54,8 +54,13 @@ def closest_match(name: str, known: Iterable[str]) -> str:
     return match[0] if match else ""
 
 
+def suggestion_hint(match: str, prefix: str = "") -> str:
+    """`` (did you mean 'X'?)`` for a suggestion ``match`` (``prefix`` put before it), or an
+    empty string when there is none."""
+    return f" (did you mean {prefix + match!r}?)" if match else ""
+
+
 def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
     """`` (did you mean 'X'?)`` for the known name closest to ``name`` (``prefix`` put before
     it, e.g. a config section), or an empty string."""
-    match = closest_match(name, known)
-    return f" (did you mean {prefix + match!r}?)" if match else ""
+    return suggestion_hint(closest_match(name, known), prefix)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedhex_hep.extraction.executors import bars_unless, check_executor, dask_client
-from fedhex_hep.errors import FedhexError, closest_match
+from fedhex_hep.errors import FedhexError, closest_match, suggestion_hint
 
 __all__ = ["ExtractionError", "BadFileWarning", "extract", "check_file", "run_processor"]
 
@@ -56,8 +56,7 @@ class MissingBranch(str):
 
     def __new__(cls, branch: str, treename: str, present: set[str]) -> MissingBranch:
         suggestion = closest_match(branch, present)
-        hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
-        reason = super().__new__(cls, f"branch {branch!r} is missing from tree {treename!r}{hint}")
+        reason = super().__new__(cls, f"branch {branch!r} is missing from tree {treename!r}{suggestion_hint(suggestion)}")
         reason.branch, reason.suggestion = branch, suggestion
         return reason
 
