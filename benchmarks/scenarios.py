@@ -48,8 +48,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -206,11 +207,19 @@ def score_point(point: np.ndarray, refs: tuple[Any, Any], model: Any, grid: Any,
     for name, sample in (("flow", flow), ("morph", morph)):
         joint = metrics.joint_metrics(sample[:n], ref[:n], seed=seed)
         out[name] = {"auc": joint["auc"], "chi2_2d_ndf": joint["chi2_2d_ndf"]}
-    n_goal = int(min(GOAL_EVENTS, len(goal_ref)))
-    flow = generate(model, point[None, :], n_goal, seed=seed).features
-    joint = metrics.joint_metrics(flow, goal_ref[:n_goal], seed=seed)
-    out["flow_goal"] = {"n": n_goal, "auc": joint["auc"], "chi2_2d_ndf": joint["chi2_2d_ndf"]}
+    goal_mc = goal_ref[:GOAL_EVENTS]
+    goal = _flow_joint(model, point, goal_mc, seed)
+    out["flow_goal"] = {"n": len(goal_mc), "auc": goal["auc"], "chi2_2d_ndf": goal["chi2_2d_ndf"]}
     return out
+
+
+def _flow_joint(model: Any, point: np.ndarray, mc: np.ndarray, seed: int) -> dict[str, Any]:
+    """Joint metrics of as many flow events at ``point`` as ``mc`` (n, F) holds, against ``mc``."""
+    from fedhex_hep.generation.sampling import generate
+    from fedhex_hep.validation import metrics
+
+    flow = generate(model, np.asarray(point, dtype=np.float64)[None, :], len(mc), seed=seed).features
+    return metrics.joint_metrics(flow, mc, seed=seed)
 
 
 def cell_corners(spec: dict[str, Any], point: Sequence[float], grid: Any) -> np.ndarray:
@@ -235,23 +244,17 @@ def score_corners(
 ) -> None:
     """Add ``flow_corners`` to each threshold row: the flow's AUC at each of its cell's grid
     corners against fresh MC there (GOAL_EVENTS per side), the fit the grid's statistics allow."""
-    from fedhex_hep.generation.sampling import generate
-    from fedhex_hep.validation import metrics
-
-    thresh = [r for r in rows if r["kind"] == "threshold"]
-    corners = {tuple(c) for r in thresh for c in cell_corners(spec, r["point"], grid).tolist()}
+    cells = [(r, [tuple(c) for c in cell_corners(spec, r["point"], grid).tolist()])
+             for r in rows if r["kind"] == "threshold"]
+    corners = sorted({c for _, cs in cells for c in cs})
     if not corners:
         return
-    ref = reference(spec, np.array(sorted(corners)), workdir, config, GOAL_REFERENCE_EVENTS,
+    ref = reference(spec, np.array(corners), workdir, config, GOAL_REFERENCE_EVENTS,
                     CORNER_REFERENCE_SEED, "reference_corners")
-    auc = {}
-    for corner in sorted(corners):
-        mc = ref.features[ref.mask_label(np.array(corner))][:GOAL_EVENTS]
-        flow = generate(model, np.array([corner]), len(mc), seed=seed).features
-        auc[corner] = metrics.joint_metrics(flow, mc, seed=seed)["auc"]
-    for r in thresh:
-        r["flow_corners"] = [{"point": list(c), "auc": auc[tuple(c)]}
-                             for c in cell_corners(spec, r["point"], grid).tolist()]
+    auc = {c: _flow_joint(model, np.array(c), ref.features[ref.mask_label(np.array(c))][:GOAL_EVENTS], seed)["auc"]
+           for c in corners}
+    for r, cs in cells:
+        r["flow_corners"] = [{"point": list(c), "auc": auc[c]} for c in cs]
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
