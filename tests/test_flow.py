@@ -250,6 +250,28 @@ def test_mixture_base_samples_follow_its_density_and_its_weights_depend_on_the_l
     assert np.max(np.abs(softmax(other) - w)) > 1e-3
 
 
+_THREADS_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+from fedhex_hep.config import ModelConfig
+from fedhex_hep.model.flow import build_flow
+flow = build_flow(ModelConfig(kind="maf", n_blocks=1, hidden_units=[8], base_components=3), 2, 2, seed=5)
+c = np.random.default_rng(0).standard_normal((20000, 2)).astype(np.float32)
+sys.stdout.write(flow.sample(c, seed=(7, 3)).tobytes().hex())
+"""
+
+
+def test_mixture_base_samples_do_not_depend_on_the_thread_count() -> None:
+    """The same seed gives the same events in a process with 1 or 2 intra-op threads (dask
+    workers and a training process run with fewer threads than a fresh one)."""
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(n)], capture_output=True, text=True, check=True)
+            for n in (1, 2)]
+    assert runs[0].stdout and runs[0].stdout == runs[1].stdout
+
+
 def test_ensemble_samples_keep_each_row_at_its_own_labels() -> None:
     """The ensemble samples each member on a shuffled share of the rows and puts the draws
     back in row order: rows drawn at labels -3 and +3 (interleaved, n not a multiple of K) must

@@ -13,8 +13,8 @@ labels c (n, L). It is a chain of ``tfb.MaskedAutoregressiveFlow`` blocks whose 
 
 The base distribution is a standard normal, or with ``base_components = K > 1`` a mixture of K
 diagonal Gaussians whose weights, means and (bounded) widths a small network computes from c:
-a component can then carry a sub-population whose fraction changes with the labels (here the
-missing-pi0 tail), which affine blocks alone build poorly.
+a component can then carry a sub-population whose fraction changes with the labels (merged
+prongs below a boost threshold, the missing-pi0 tail), which the blocks alone build poorly.
 
 Fixed reversal permutations between blocks (no trainable or random state) keep save/load
 exact. Weights are initialised from a numpy generator seeded by ``seed``, so the same seed gives
@@ -233,9 +233,12 @@ class ConditionalFlow(_FlowBase):
         if self.base_net is None:
             return self.distribution.distribution.sample(tf.shape(c)[0], seed=seed)
         logits, mean, log_width = self.base_parameters(c)
-        pick = tf.random.stateless_categorical(
-            logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, 1), dtype=tf.int32
-        )[:, 0]
+        # Gumbel-max from stateless uniforms: tf.random.stateless_categorical draws differently
+        # with another intra-op thread count, and the same seed must give the same events anywhere
+        u = tf.random.stateless_uniform(
+            tf.shape(logits), seed=tf.random.experimental.stateless_fold_in(seed, 1), minval=1e-12, maxval=1.0
+        )
+        pick = tf.argmax(logits - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32)
         noise = tf.random.stateless_normal(
             tf.shape(mean[:, 0, :]), seed=tf.random.experimental.stateless_fold_in(seed, 2)
         )
