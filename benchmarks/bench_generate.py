@@ -65,7 +65,8 @@ def _train_model(model_dir: Path, kind: str) -> str:
     from fedhex_hep.model.training import train
 
     defaults = load_config()  # the packaged default architecture, mixture size included
-    cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind, defaults.model.ensemble)
+    cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind,
+                     defaults.model.ensemble, defaults.model.base_components)
     train(toy_featureset(20000), cfg, model_dir, progress=False)
     return f"{architecture(cfg.model)}, mixture of {cfg.model.ensemble}"
 

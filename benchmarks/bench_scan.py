@@ -48,7 +48,8 @@ def _train(model_dir: Path, tiny: bool) -> str:
     if tiny:
         cfg = toy_config(1, 2, 8, 1024, "maf", 1).with_overrides({"model.spline_blocks": 0})
     else:
-        cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, "maf", defaults.model.ensemble)
+        cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, "maf",
+                         defaults.model.ensemble, defaults.model.base_components)
     train(toy_featureset(20000), cfg, model_dir, progress=False)
     return f"{architecture(cfg.model)}, mixture of {cfg.model.ensemble}"
 

@@ -49,13 +49,20 @@ def toy_featureset(n: int, seed: int = 0) -> Any:
 
 def architecture(model: Any) -> str:
     """The flow's architecture as the result tables name it, e.g. "maf 5 blocks x [64, 64], 2 of
-    them splines" (the spline note for a maf whose first blocks are splines)."""
+    them splines, 2-Gaussian base" (the spline note for a maf whose first blocks are splines, the
+    base's note for a mixture base)."""
     splines = f", {model.spline_blocks} of them splines" if model.kind == "maf" and model.spline_blocks else ""
-    return f"{model.kind} {model.n_blocks} blocks x {list(model.hidden_units)}{splines}"
+    base = f", {model.base_components}-Gaussian base" if model.base_components > 1 else ""
+    return f"{model.kind} {model.n_blocks} blocks x {list(model.hidden_units)}{splines}{base}"
 
 
-def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str = "maf", ensemble: int = 1) -> Any:
-    """Config of the benchmark flow; ``ensemble`` = 1: the training comparison is per flow."""
+def toy_config(
+    epochs: int, blocks: int, units: int, batch_size: int, kind: str = "maf", ensemble: int = 1,
+    base_components: int = 1,
+) -> Any:
+    """Config of the benchmark flow; ``ensemble`` = 1: the training comparison is per flow, and
+    ``base_components`` = 1 because the reference implementation is TFP's own density of the
+    chain on a standard normal base."""
     from fedhex_hep.config import load_config
 
     return load_config(
@@ -72,6 +79,7 @@ def toy_config(epochs: int, blocks: int, units: int, batch_size: int, kind: str 
             "model.n_blocks": blocks,
             "model.hidden_units": [units, units],
             "model.ensemble": ensemble,
+            "model.base_components": base_components,
             "training.epochs": epochs,
             "training.decay_epochs": epochs,
             "training.batch_size": batch_size,
