@@ -59,14 +59,11 @@ print(json.dumps({"n": n, "wall_s": wall, "events_per_s": n / wall, "rss_before_
 def _train_model(model_dir: Path, kind: str) -> str:
     """Train the benchmark model into ``model_dir``; returns its architecture, as the tables name it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_train import architecture, toy_config, toy_featureset
+    from bench_train import architecture, packaged_toy_config, toy_featureset
 
-    from fedhex_hep.config import load_config
     from fedhex_hep.model.training import train
 
-    defaults = load_config()  # the packaged default architecture, mixture size included
-    cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, kind,
-                     defaults.model.ensemble, defaults.model.base_components)
+    cfg = packaged_toy_config(kind)
     train(toy_featureset(20000), cfg, model_dir, progress=False)
     return f"{architecture(cfg.model)}, mixture of {cfg.model.ensemble}"
 

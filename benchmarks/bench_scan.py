@@ -39,17 +39,14 @@ POINT = (1700.0, 5.0)
 
 def _train(model_dir: Path, tiny: bool) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_train import architecture, toy_config, toy_featureset
+    from bench_train import architecture, packaged_toy_config, toy_config, toy_featureset
 
-    from fedhex_hep.config import load_config
     from fedhex_hep.model.training import train
 
-    defaults = load_config()
     if tiny:
         cfg = toy_config(1, 2, 8, 1024, "maf", 1).with_overrides({"model.spline_blocks": 0})
     else:
-        cfg = toy_config(1, defaults.model.n_blocks, defaults.model.hidden_units[0], 1024, "maf",
-                         defaults.model.ensemble, defaults.model.base_components)
+        cfg = packaged_toy_config()
     train(toy_featureset(20000), cfg, model_dir, progress=False)
     return f"{architecture(cfg.model)}, mixture of {cfg.model.ensemble}"
 

@@ -90,6 +90,15 @@ def toy_config(
     )
 
 
+def packaged_toy_config(kind: str = "maf") -> Any:
+    """:func:`toy_config` for one epoch with the packaged default architecture: its blocks,
+    hidden units, mixture size and base."""
+    from fedhex_hep.config import load_config
+
+    d = load_config().model
+    return toy_config(1, d.n_blocks, d.hidden_units[0], 1024, kind, d.ensemble, d.base_components)
+
+
 def _ours(fs: Any, cfg: Any, workdir: Path) -> dict[str, Any]:
     import csv
 
