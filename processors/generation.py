@@ -165,15 +165,15 @@ def write_points_file(path: str | os.PathLike, points: np.ndarray, label_names: 
     return Path(path)
 
 
-def _read_model_names(model_path: Path) -> tuple[list[str], list[str]]:
-    """Feature and label names of a model directory from its files (no TensorFlow)."""
+def _read_model_files(model_path: Path) -> tuple[Any, dict[str, Any]]:
+    """Configuration and training info of a model directory (no TensorFlow)."""
     from fedhex_hep.model.storage import ModelDirError, read_model_files
 
     try:
-        config, _, _ = read_model_files(model_path)
+        config, _, info = read_model_files(model_path)
     except ModelDirError as exc:
         raise GenerationProcessorError(str(exc)) from None
-    return config.feature_names, config.label_names
+    return config, info
 
 
 def _as_axis(feature: str, spec: Any) -> Any:
@@ -272,9 +272,15 @@ class FlowTemplateProcessor(processor.ProcessorABC):
     ) -> None:
         from fedhex_hep.binning import BinningError, check_overflow
 
+        from fedhex_hep.generation.grid_support import warn_grid_support
+
         self.model_path = str(Path(model_path).resolve())
-        self.feature_names, self.label_names = _read_model_names(Path(self.model_path))
+        config, info = _read_model_files(Path(self.model_path))
+        self.feature_names, self.label_names = config.feature_names, config.label_names
         self.points = _check_points(points, self.label_names)
+        # once here, for every point; the chunks then generate without repeating it
+        grid = np.asarray(info.get("label_points", []), dtype=np.float64)
+        warn_grid_support(grid, info.get("label_ranges", {}), self.label_names, self.points, stacklevel=2)
         if int(n_events) < 1:
             raise GenerationProcessorError(f"n_events must be >= 1, got {n_events}")
         self.n_events = int(n_events)
@@ -386,6 +392,7 @@ class FlowTemplateProcessor(processor.ProcessorABC):
             max_tries=self.max_tries,
             flow=flow,
             pad_to=size,
+            warn_support=False,
         )
 
     def _fill(self, generated: Any, j: int) -> dict[str, Any]:

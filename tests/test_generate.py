@@ -3,6 +3,7 @@ closure check of a small model trained on the demo grid."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -106,6 +107,29 @@ def test_label_outside_training_range_warns_how_far(model: TrainedModel) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate(model, [[1250.0, 4.0], [2000.0, 2.0]], 10, seed=1)  # inside: no warning
+
+
+def test_point_in_a_cell_with_a_missing_corner_warns_naming_it(model: TrainedModel) -> None:
+    from fedhex_hep.generation.grid_support import SparseCellWarning
+
+    grid = model.training_label_points
+    holed = dataclasses.replace(model, training_label_points=grid[~np.all(grid == (2000.0, 6.0), axis=1)])
+    with pytest.warns(SparseCellWarning, match=r"1 of 2 mass points \(gphi, gomega\) .*\(1750, 4\) lacks \(2000, 6\)\. "):
+        generate(holed, [[1750.0, 4.0], [1250.0, 4.0]], 10, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(holed, [[1250.0, 4.0]], 10, seed=1)
+        generate(model, [[1750.0, 4.0]], 10, seed=1)
+
+
+def test_cli_shows_each_warning_once_as_a_log_line(model: TrainedModel, tmp_path: Path) -> None:
+    from test_cli import run_cli
+
+    result = run_cli("generate", str(model.path), "-l", "2250,4", "-n", "10", "-o", str(tmp_path / "g.parquet"))
+    assert result.returncode == 0, result.stderr
+    output = " ".join((result.stdout + result.stderr).split())
+    assert output.count("outside the training range") == 1
+    assert "UserWarning" not in output and "WARNING" in output
 
 
 def test_bad_points_shape(model: TrainedModel) -> None:

@@ -19,6 +19,10 @@ from fedhex_hep.processors.generation import (
     template_name,
 )
 
+# The toy grid is a 2 x 2 lattice plus its centre: every cell of the 3 x 3 lattice it spans lacks
+# corners, which test_scan_warns_once_about_sparse_cells checks; the other tests do not look.
+pytestmark = pytest.mark.filterwarnings("ignore::fedhex_hep.generation.grid_support.SparseCellWarning")
+
 FEATURES = ["x", "y"]
 LABELS = ["ma", "mb"]
 TRAIN_GRID = [(1000.0, 2.0), (1000.0, 6.0), (2000.0, 2.0), (2000.0, 6.0), (1500.0, 4.0)]
@@ -285,6 +289,24 @@ def test_scan_automatic_binning(model_dir, tmp_path, capsys):
         assert len(h.axis().edges()) == 13
         assert h.values(flow=True).sum() == 100
         assert np.allclose(f["scan"]["eff"].array(library="np"), 0.5)
+
+
+def test_scan_warns_once_about_sparse_cells_and_range(model_dir, tmp_path):
+    import warnings
+
+    from fedhex_hep.generation.grid_support import OutsideGridWarning, SparseCellWarning
+    from fedhex_hep.generation.scan import run_scan
+
+    points = [[1200.0, 3.0], [1800.0, 5.0], [1500.0, 4.0], [2400.0, 4.0]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_scan(model_dir, points, 50, tmp_path / "s.root", bins=8, seed=1, progress=False, chunk_points=1)
+    sparse = [str(w.message) for w in caught if w.category is SparseCellWarning]
+    outside = [str(w.message) for w in caught if w.category is OutsideGridWarning]
+    assert len(sparse) == 1 and sparse[0].startswith("2 of 4 mass points (ma, mb)")
+    assert "(1200, 3) lacks (1000, 4), (1500, 2); (1800, 5) lacks (1500, 6), (2000, 4)." in sparse[0]
+    assert outside == ["label ma = 2400 is outside the training range [1000, 2000] by 400 "
+                       "(0.80 grid spacings of 500; 40.0% of the training range): the flow extrapolates there"]
 
 
 @pytest.mark.slow

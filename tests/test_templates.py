@@ -16,6 +16,9 @@ from fedhex_hep.binning import BinningError, apply_overflow, parse_bins_option, 
 from fedhex_hep.generation.uncertainty import UncertaintyError, band_coverage, band_scale, interpolation_band
 from fedhex_hep.naming import hist_name, variation_name
 
+# test_scan's toy grid is a 2 x 2 lattice plus its centre: its scans warn of sparse cells
+pytestmark = pytest.mark.filterwarnings("ignore::fedhex_hep.generation.grid_support.SparseCellWarning")
+
 
 # -- acceptance: a sampler whose distribution is known exactly ----------------------------------
 class _GaussianFlow:
@@ -42,7 +45,7 @@ class _ShiftPreprocessor:
 def _gaussian_model():
     """x ~ N(mu, 1) at label mu: P(lo <= x <= hi) is known in closed form."""
     return SimpleNamespace(
-        feature_names=["x"], label_names=["mu"], label_ranges={}, path=None,
+        feature_names=["x"], label_names=["mu"], label_ranges={}, training_label_points=np.zeros((0, 1)), path=None,
         preprocessor=_ShiftPreprocessor(), flow=_GaussianFlow(), config=SimpleNamespace(to_dict=lambda: {}),
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -70,6 +71,15 @@ def _main(
     )
     for noisy in ("tensorflow", "absl", "distributed", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.showwarning = _warning_as_log_line
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Show a Python warning as one log line, like the rest of the command's messages."""
+    if issubclass(category, UserWarning):
+        logging.getLogger("fedhex_hep").warning("%s", message)
+    else:
+        logging.getLogger("fedhex_hep").warning("%s: %s", category.__name__, message)
 
 
 def main() -> None:

@@ -240,7 +240,6 @@ class _Rejects:
         if not self.skip:
             raise ExtractionError(message + " (set input.skip_bad_files = true to skip bad files)")
         warnings.warn(f"skipping {message}", BadFileWarning, stacklevel=3)
-        log.warning("skipping %s", message)
         self.skipped.append({"file": path, "reason": str(reason)})
 
 

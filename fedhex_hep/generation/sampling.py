@@ -22,9 +22,7 @@ events examined, also those of a last draw that was larger than needed).
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,12 +31,12 @@ import numpy as np
 from fedhex_hep.io.featureset import FeatureSet
 from fedhex_hep.model.storage import TrainedModel
 from fedhex_hep.errors import FedhexError
+from fedhex_hep.generation.grid_support import warn_grid_support
 from fedhex_hep.limits import check_generation
 from fedhex_hep.naming import point_label
 
-__all__ = ["XLA_MIN_EVENTS", "use_xla", "GenerationError", "generate", "generation_info", "generated_metadata", "group_draws", "check_request", "check_ranges", "sample_features", "rows_per_draw", "points_per_draw", "out_of_range_messages"]
+__all__ = ["XLA_MIN_EVENTS", "use_xla", "GenerationError", "generate", "generation_info", "generated_metadata", "group_draws", "check_request", "check_ranges", "sample_features", "rows_per_draw", "points_per_draw"]
 
-log = logging.getLogger(__name__)
 
 _POINT_STRIDE = 2**20  # batch seeds of different points never collide below 1M batches per point
 # Events per point from which the sampler is XLA-compiled: compiling costs about twice the plain
@@ -60,31 +58,6 @@ def _sampler(flow: Any, n_events: int) -> Any:
 
 class GenerationError(FedhexError, ValueError):
     """Generation cannot proceed as asked; the message names the label, feature or option."""
-
-
-def out_of_range_messages(model: TrainedModel, point: Sequence[float]) -> list[str]:
-    """One message per label of ``point`` outside the training range, saying by how much."""
-    messages = []
-    for name, value in zip(model.label_names, point):
-        info = model.label_ranges.get(name)
-        if not info:
-            continue
-        lo, hi, spacing = float(info["min"]), float(info["max"]), float(info.get("spacing", 0.0))
-        tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
-        if lo - tol <= value <= hi + tol:
-            continue
-        distance = lo - value if value < lo else value - hi
-        parts = []
-        if spacing > 0:
-            parts.append(f"{distance / spacing:.2f} grid spacings of {spacing:g}")
-        if hi > lo:
-            parts.append(f"{100 * distance / (hi - lo):.1f}% of the training range")
-        detail = f" ({'; '.join(parts)})" if parts else ""
-        messages.append(
-            f"label {name} = {value:g} is outside the training range [{lo:g}, {hi:g}] by {distance:g}{detail}: "
-            "the flow extrapolates there"
-        )
-    return messages
 
 
 def check_ranges(model: TrainedModel, ranges: Mapping[str, Sequence[float]] | None) -> list[tuple[int, float, float]]:
@@ -121,10 +94,12 @@ def points_per_draw(n_events: int, batch_size: int, cut: bool, n_points: int | N
 
 
 def check_request(
-    model: TrainedModel, points: np.ndarray, n_events: int, batch_size: int, max_tries: int, in_memory: bool = True
+    model: TrainedModel, points: np.ndarray, n_events: int, batch_size: int, max_tries: int, in_memory: bool = True,
+    warn_support: bool = True,
 ) -> np.ndarray:
     """``points`` as a (k, L) array after checking the request (and, ``in_memory``, that the whole
-    output fits in memory). Labels outside the training range warn."""
+    output fits in memory). With ``warn_support``, labels outside the training range and points
+    in grid cells with corners lacking MC warn (:mod:`fedhex_hep.generation.grid_support`)."""
     n_labels = len(model.label_names)
     points = np.asarray(points, dtype=np.float64)
     if points.ndim == 1:
@@ -141,10 +116,8 @@ def check_request(
         )
     if in_memory:
         check_generation(model.config, len(model.feature_names), n_labels, len(points), int(n_events), int(batch_size))
-    for point in points:
-        for message in out_of_range_messages(model, point):
-            log.warning(message)
-            warnings.warn(message, UserWarning, stacklevel=3)
+    if warn_support:
+        warn_grid_support(model.training_label_points, model.label_ranges, model.label_names, points, stacklevel=3)
     return points
 
 
@@ -158,6 +131,7 @@ def generate(
     max_tries: int = 100,
     flow: Any = None,
     pad_to: int | None = None,
+    warn_support: bool = True,
 ) -> FeatureSet:
     """Sample ``n_events`` events at each label point (raw units, e.g. GeV).
 
@@ -165,13 +139,15 @@ def generate(
     acceptance ``{feature: (min, max)}``; events outside are resampled, and
     ``metadata["generation"]["acceptance"]`` holds, per point, the accepted fraction of all the
     events drawn there. Raises GenerationError if the acceptance is so small that ``max_tries``
-    draws would not fill ``n_events``. Labels outside the training range give a UserWarning.
+    draws would not fill ``n_events``. Points that the training grid supports poorly (a label
+    outside the training range, a grid cell with corners lacking MC) give a
+    :class:`~fedhex_hep.generation.grid_support.GridSupportWarning` unless ``warn_support`` is False.
     ``flow``: another sampler with the model's interface (e.g. one ensemble member).
     ``pad_to``: points per sampler call (see :func:`sample_features`).
     """
     import awkward as ak
 
-    points = check_request(model, points, n_events, batch_size, max_tries)
+    points = check_request(model, points, n_events, batch_size, max_tries, warn_support=warn_support)
     cuts = check_ranges(model, ranges)
     seed = int(seed) % 2**31
     x, accepted, drawn = sample_features(model, points, n_events, seed, batch_size, cuts, max_tries, flow, pad_to)

@@ -228,7 +228,8 @@ def _pilot_bins(
 
     model = load_model_cached(model_dir)
     pick = np.unique(np.linspace(0, len(points) - 1, min(PILOT_POINTS, len(points))).round().astype(int))
-    pilot = generate(model, points[pick], PILOT_EVENTS, seed=int(seed) + 7919, ranges=ranges or None)
+    # the scan's processor warns about the points the grid supports poorly, all at once
+    pilot = generate(model, points[pick], PILOT_EVENTS, seed=int(seed) + 7919, ranges=ranges or None, warn_support=False)
     out = {}
     for feature, n in counts.items():
         try:
