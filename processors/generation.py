@@ -236,7 +236,9 @@ class FlowTemplateProcessor(processor.ProcessorABC):
     Parameters
     ----------
     model_path : trained model directory (``config.toml``, weights, ...); loaded on the workers.
-    points : mass points, shape (k, n_labels), GeV, in the model's label order; distinct.
+    points : mass points, shape (k, n_labels), GeV, in the model's label order; distinct. Points
+        outside the training range or in grid cells with corners lacking MC warn once, here
+        (:mod:`fedhex_hep.generation.grid_support`).
     n_events : events generated per mass point.
     bins : ``{feature: edges}`` or ``{feature: (n, lo, hi)}`` (GeV); features not listed get no
         histogram.
@@ -271,7 +273,6 @@ class FlowTemplateProcessor(processor.ProcessorABC):
         syst: str = "interp",
     ) -> None:
         from fedhex_hep.binning import BinningError, check_overflow
-
         from fedhex_hep.generation.grid_support import warn_grid_support
 
         self.model_path = str(Path(model_path).resolve())
