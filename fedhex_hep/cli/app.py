@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -74,7 +74,9 @@ def _main(
     warnings.showwarning = _warning_as_log_line
 
 
-def _warning_as_log_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _warning_as_log_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
+) -> None:
     """Show a Python warning as one log line, like the rest of the command's messages."""
     if issubclass(category, UserWarning):
         logging.getLogger("fedhex_hep").warning("%s", message)

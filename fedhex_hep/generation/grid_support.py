@@ -53,15 +53,6 @@ class SparseCellWarning(GridSupportWarning):
     """A requested mass point lies in a grid cell with corners that have no training MC."""
 
 
-def _axes(grid: np.ndarray) -> list[np.ndarray]:
-    return [np.unique(grid[:, d]) for d in range(grid.shape[1])]
-
-
-def _is_lattice(grid: np.ndarray, axes: list[np.ndarray]) -> bool:
-    nodes = float(np.prod([len(ax) for ax in axes]))
-    return len(np.unique(grid, axis=0)) >= _MIN_LATTICE_FILL * nodes
-
-
 def _bracket(ax: np.ndarray, x: float) -> tuple[float, ...] | None:
     """The grid values around ``x`` on one axis: itself if on the grid, else below and above."""
     close = np.isclose(ax, x, rtol=1e-9, atol=0.0)
@@ -73,18 +64,17 @@ def _bracket(ax: np.ndarray, x: float) -> tuple[float, ...] | None:
     return float(below.max()), float(above.min())
 
 
-def missing_corners(grid: np.ndarray, point: Sequence[float]) -> list[tuple[float, ...]]:
-    """Corners of ``point``'s grid cell that hold no MC in ``grid`` (``(n, n_labels)`` points).
-
-    Empty when the cell is complete, when ``point`` lies outside the grid's range (that is
-    :func:`out_of_range_messages`'s case), or when the grid is not mostly a lattice.
-    """
-    grid = np.asarray(grid, dtype=np.float64)
+def _lattice_axes(grid: np.ndarray) -> list[np.ndarray] | None:
+    """Each label's distinct grid values, or None when ``grid`` is empty or not mostly a lattice."""
     if grid.ndim != 2 or len(grid) == 0:
-        return []
-    axes = _axes(grid)
-    if not _is_lattice(grid, axes):
-        return []
+        return None
+    axes = [np.unique(grid[:, d]) for d in range(grid.shape[1])]
+    nodes = float(np.prod([len(ax) for ax in axes]))
+    return axes if len(np.unique(grid, axis=0)) >= _MIN_LATTICE_FILL * nodes else None
+
+
+def _cell_gaps(grid: np.ndarray, axes: list[np.ndarray], point: Sequence[float]) -> list[tuple[float, ...]]:
+    """Corners of ``point``'s cell on the lattice ``axes`` that ``grid`` holds no MC at."""
     brackets = [_bracket(ax, float(x)) for ax, x in zip(axes, point)]
     if any(b is None for b in brackets):
         return []
@@ -95,13 +85,28 @@ def missing_corners(grid: np.ndarray, point: Sequence[float]) -> list[tuple[floa
     return missing
 
 
+def missing_corners(grid: np.ndarray, point: Sequence[float]) -> list[tuple[float, ...]]:
+    """Corners of ``point``'s grid cell that hold no MC in ``grid`` (``(n, n_labels)`` points).
+
+    Empty when the cell is complete, when ``point`` lies outside the grid's range (that is
+    :func:`out_of_range_messages`'s case), or when the grid is not mostly a lattice.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    axes = _lattice_axes(grid)
+    return [] if axes is None else _cell_gaps(grid, axes, point)
+
+
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
 
 
 def sparse_cell_message(grid: np.ndarray, points: np.ndarray, label_names: Sequence[str]) -> str | None:
     """One message for all ``points`` whose grid cell lacks MC at some corners, or None."""
-    gaps = [(p, missing_corners(grid, p)) for p in np.asarray(points, dtype=np.float64)]
+    grid = np.asarray(grid, dtype=np.float64)
+    axes = _lattice_axes(grid)
+    if axes is None:
+        return None
+    gaps = [(p, _cell_gaps(grid, axes, p)) for p in np.asarray(points, dtype=np.float64)]
     gaps = [(p, m) for p, m in gaps if m]
     if not gaps:
         return None
