@@ -110,8 +110,9 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def render(results: dict[str, Any], args: argparse.Namespace) -> str:
-    ex, tr, ge, e2e = results["extract"], results["train"], results["generate"], results["e2e"]
+def _header(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Title, provenance, machine, load and versions, then the table's head."""
+    e2e = results["e2e"]
     lines = [
         "# Benchmarks",
         "",
@@ -133,6 +134,11 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "| stage | measure | ours | baseline | ratio (ours / baseline) | goal | met |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    return lines
+
+def _extract_rows(ex: list[dict[str, Any]]) -> list[str]:
+    """Extraction speed per executor against a plain uproot read."""
+    lines = []
     raw = median_of(ex, "events_per_s", "raw_uproot")
     for executor in ("iterative", "futures"):
         ours = median_of(ex, "events_per_s", executor)
@@ -141,6 +147,11 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"| extract ({ex[0]['events']:,} events, {executor}) | events/s | {ours:,.0f} | {raw:,.0f} (plain uproot read + selection) "
             f"| {ratio:.2f}x | >= 0.5x | {'yes' if ratio >= 0.5 else 'no'} |"
         )
+    return lines
+
+def _train_rows(tr: list[dict[str, Any]], td: list[dict[str, Any]] | None) -> list[str]:
+    """Training speed and loss against the Keras reference implementation."""
+    lines = []
     arch = f"{tr[0]['architecture']}, {tr[0]['events_train']:,} events, {tr[0]['epochs']} epochs"
     ours = median_of(tr, "ours_events_per_s_per_epoch")
     keras = median_of(tr, "keras_fit_events_per_s_per_epoch")
@@ -170,7 +181,6 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"| train | whole call: `train()` with its model files and plot vs `model.fit()` alone | {median_of(tr, 'ours_total_s'):.1f} s "
         f"| {median_of(tr, 'keras_fit_total_s'):.1f} s (reference implementation) | {median_of(tr, 'ratio_whole_call'):.2f}x (speed) | (for information) | |"
     )
-    td = results.get("train_default_threads")
     if td:
         n_threads = td[0]["intra_op_threads_both_sides"]
         r_ref, r_same = median_of(td, "ratio"), median_of(td, "ratio_vs_keras_same_log_prob")
@@ -185,6 +195,11 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"| train | validation loss after {tr[0]['epochs']} epochs | {vo:.4f} | {vk:.4f} (reference implementation) | {vo - vk:+.4f} (difference) "
         f"| equal or better | {'yes' if vo <= vk + 0.01 else 'no'} |"
     )
+    return lines
+
+def _generate_rows(ge: list[dict[str, Any]]) -> list[str]:
+    """Generation time and memory per sample size; working memory must not grow with N."""
+    lines = []
     by_n: dict[int, list[dict[str, Any]]] = {}
     for run in ge:
         for r in run["results"]:
@@ -211,12 +226,20 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"| generate | working memory at {large:,} minus at {small:,} events | {grow:+,.0f} MB | | (N grew {large / small:.0f}x) "
             f"| bounded by the batch, not N | {'yes' if grow < 200 else 'no'} |"
         )
+    return lines
+
+def _end_to_end_row(e2e: dict[str, Any]) -> list[str]:
+    """The end-to-end `fedhex-hep run` against the 5-minute goal."""
     e2e_epochs = f", {e2e['epochs']} epochs" if e2e.get("epochs") else ""
-    lines.append(
+    return [
         f"| end to end (`fedhex-hep run`, demo data, default config{e2e_epochs}) "
         f"| wall time | {e2e['seconds']:.0f} s | | {e2e['seconds'] / 300:.2f}x of the 5-minute goal | <= 300 s | {'yes' if e2e['seconds'] <= 300 else 'no'} |"
-    )
-    lines += [
+    ]
+
+
+def _notes() -> list[str]:
+    """How the comparisons were made."""
+    return [
         "",
         "Notes:",
         "",
@@ -236,6 +259,16 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         "  initial plateau, which varies with the shuffle by up to ~0.15 nats.",
         "- The end-to-end run trains the default model of `fedhex_hep/default.toml`; training is most of its time.",
     ]
+
+
+def render(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """RESULTS.md: the table of every stage, the notes, and the raw results."""
+    lines = _header(results, args)
+    lines += _extract_rows(results["extract"])
+    lines += _train_rows(results["train"], results.get("train_default_threads"))
+    lines += _generate_rows(results["generate"])
+    lines += _end_to_end_row(results["e2e"])
+    lines += _notes()
     lines += ["", "Raw results (JSON):", "", "```json", json.dumps(results, indent=1, default=float), "```", ""]
     return "\n".join(lines)
 
