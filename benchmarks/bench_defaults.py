@@ -47,6 +47,7 @@ HEAVY: dict[str, Any] = {
     "training.final_learning_rate": 1e-5,
     "training.label_jitter": {"labelphi": 0.1},
     "training.label_jitter_spacing": 0.0,
+    "training.conditioning_l2": 0.0,
 }
 
 

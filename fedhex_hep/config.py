@@ -113,6 +113,7 @@ class TrainingConfig:
     label_jitter: dict[str, float] = field(default_factory=dict)
     label_jitter_spacing: float = 0.0
     min_steps_per_epoch: int = 0
+    conditioning_l2: float = 0.0
 
 
 @dataclass
@@ -235,6 +236,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "preprocessing.residual_max_degree": (0, 3, True),
     "training.label_jitter_spacing": (0.0, 10.0, True),
     "training.min_steps_per_epoch": (0, 10**6, True),
+    "training.conditioning_l2": (0.0, 10.0, True),
     "generation.lumi": (0.0, 1e15, True),
 }
 _HIDDEN_UNITS_MAX = 10**6

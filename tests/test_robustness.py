@@ -103,7 +103,7 @@ def test_misspelled_branch_is_a_config_error_with_suggestion(small_root, tmp_pat
 # ------------------------------------------------------------------ configuration
 FLOAT_KEYS = [
     "training.learning_rate", "training.final_learning_rate", "training.clip_norm", "model.log_scale_bound",
-    "model.spline_range", "training.validation_fraction",
+    "model.spline_range", "training.validation_fraction", "training.conditioning_l2",
 ]
 
 

@@ -112,7 +112,9 @@ def test_model_dir_layout_and_exact_checkpoint_epochs(tmp_path: Path) -> None:
 RATIO_LABEL = {"preprocessing.labels": {"gphi": {"transform": "log"}, "gomega": {"relative_to": "gphi", "transform": "log"}}}
 
 
-@pytest.mark.parametrize("extra", [{}, RATIO_LABEL], ids=["log-labels", "mass-ratio-label"])
+@pytest.mark.parametrize(
+    "extra", [{}, RATIO_LABEL, {"training.conditioning_l2": 0.01}], ids=["log-labels", "mass-ratio-label", "conditioning-l2"]
+)
 def test_resume_equals_uninterrupted(tmp_path: Path, extra: dict) -> None:
     fs = toy_featureset()
     full = tmp_path / "full"
@@ -442,6 +444,39 @@ def test_label_jitter_spacing_follows_each_labels_grid_gap(tmp_path: Path, monke
     assert sd[0] == pytest.approx(expected_phi, rel=1e-5)
     assert sd[1] == pytest.approx(0.05 / pre.label_params[1].std, rel=1e-6)
     assert np.all(train_module._label_jitter_scale(data, toy_config().training) == 0)
+
+
+def test_conditioning_kernels_are_the_weights_that_take_the_labels_into_each_block() -> None:
+    from fedhex_hep.model.flow import build_flow
+
+    cfg = toy_config(**{"model.base_components": 2, "model.hidden_units": [16, 8]})
+    flow = build_flow(cfg.model, n_features=3, n_labels=2)
+    kernels = flow.conditioning_kernels()
+    # one per MADE layer (two hidden, one output) and block; the base network is not among them
+    assert [tuple(k.shape) for k in kernels] == [(2, 16), (2, 8), (2, 2 * 3)] * cfg.model.n_blocks
+    base = {id(v) for v in flow.base_net.trainable_variables}
+    assert not any(id(k) in base for k in kernels)
+    # with the labels' kernels zeroed, the flow no longer depends on the labels
+    for k in kernels:
+        k.assign(tf.zeros_like(k))
+    flow.base_net.layers[0].kernel.assign(tf.zeros_like(flow.base_net.layers[0].kernel))
+    z = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    c1, c2 = np.zeros((5, 2), np.float32), np.full((5, 2), 3.0, np.float32)
+    assert np.allclose(flow.log_prob(z, c1).numpy(), flow.log_prob(z, c2).numpy(), atol=1e-5)
+    pair = toy_config(**{"model.base_components": 2, "model.hidden_units": [16, 8], "model.ensemble": 2})
+    assert len(build_flow(pair.model, n_features=3, n_labels=2).conditioning_kernels()) == 2 * len(kernels)
+
+
+def test_conditioning_l2_shrinks_the_label_weights(tmp_path: Path) -> None:
+    fs = toy_featureset()
+
+    def label_weight_norm(l2: float) -> float:
+        cfg = toy_config(**{"training.conditioning_l2": l2, "training.patience": 0, "training.epochs": 20,
+                            "training.decay_epochs": 20, "training.checkpoint_every": 20})
+        model = train(fs, cfg, tmp_path / f"m{l2}", progress=False)
+        return float(sum(np.sum(k.numpy() ** 2) for k in model.flow.conditioning_kernels()))
+
+    assert label_weight_norm(1.0) < 0.2 * label_weight_norm(0.0)
 
 
 def test_small_data_sets_get_smaller_batches() -> None:

@@ -286,6 +286,22 @@ class ConditionalFlow(_FlowBase):
         """Sizes of the independently trained groups of ``trainable_variables`` (one here)."""
         return [len(self.trainable_variables)]
 
+    def conditioning_kernels(self) -> list[Any]:
+        """The weights through which the labels enter each block's network.
+
+        TFP's MADE adds a bias-free dense layer of the conditional input to each of its layers;
+        these are their kernels (the mixture base's network is not among them).
+        """
+        import tf_keras
+
+        blocks = [net for net in self.module.networks if net is not self.base_net]
+        return [
+            layer.kernel
+            for net in blocks
+            for layer in net.submodules
+            if isinstance(layer, tf_keras.layers.Dense) and not layer.use_bias
+        ]
+
     def training_log_prob(self, z: Any, c: Any) -> Any:
         """The per-event log-likelihood that training maximises (the density itself here)."""
         return self.log_prob(z, c)
@@ -381,6 +397,10 @@ class EnsembleFlow(_FlowBase):
     def variable_groups(self) -> list[int]:
         """Number of variables of each member, in ``trainable_variables`` order."""
         return [len(m.trainable_variables) for m in self.members]
+
+    def conditioning_kernels(self) -> list[Any]:
+        """Every member's ``conditioning_kernels``, member by member."""
+        return [k for m in self.members for k in m.conditioning_kernels()]
 
     def member_log_probs(self, z: Any, c: Any) -> Any:
         """log p_k(z | c) of every member, shape (K, n)."""

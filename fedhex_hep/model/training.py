@@ -191,6 +191,7 @@ class _Compiled:
         clip_norm: float = 0.0,
         label_jitter: np.ndarray | None = None,
         member_weights: np.ndarray | None = None,
+        conditioning_l2: float = 0.0,
     ) -> None:
         import tensorflow as tf
 
@@ -198,6 +199,8 @@ class _Compiled:
         # (n_train, K) bootstrap weights of the ensemble's members; None: every member sees w
         self.member_w = None if member_weights is None else tf.constant(member_weights)
         self.clip_norm = float(clip_norm)
+        self.conditioning_l2 = float(conditioning_l2)
+        self.conditioning_kernels = flow.conditioning_kernels() if self.conditioning_l2 > 0 else []
         # per conditioning column, in standardised units; None: the labels are used as they are
         self.label_jitter = (
             tf.constant(label_jitter, dtype=tf.float32) if label_jitter is not None and np.any(label_jitter > 0) else None
@@ -231,7 +234,7 @@ class _Compiled:
                 loss = _batch_loss(self.flow, z, c, w, member_w)
                 # the loss is the members' mean NLL; times K, each member gets the gradient
                 # of its own NLL, exactly as when trained alone
-                scaled = loss * float(len(self.flow.variable_groups))
+                scaled = loss * float(len(self.flow.variable_groups)) + self._conditioning_penalty()
             grads = tape.gradient(scaled, variables)
             if self.clip_norm > 0:
                 # A few far-tail events (mis-pairing) can give huge gradients early on. Each
@@ -253,6 +256,17 @@ class _Compiled:
             parallel_iterations=1,  # each step must see the previous step's weight update
         )
         return total / self.steps
+
+    def _conditioning_penalty(self) -> Any:
+        """``training.conditioning_l2`` x the summed squares of the weights that carry the labels
+        into the blocks (each ensemble member's own): shapes change with the masses only as much
+        as the data demand. Not part of the reported losses."""
+        import tensorflow as tf
+
+        if not self.conditioning_kernels:
+            return tf.constant(0.0)
+        squares = tf.add_n([tf.reduce_sum(tf.square(k)) for k in self.conditioning_kernels])
+        return self.conditioning_l2 * squares
 
     def _eval_chunk(self, z: Any, c: Any, w: Any) -> tuple[Any, Any]:
         import tensorflow as tf
@@ -583,7 +597,7 @@ def train(
     ckpt = tf.train.Checkpoint(flow=flow.module, optimizer=optimizer)
     compiled = _Compiled(
         flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm,
-        _label_jitter_scale(data, tc), _member_weights(config, data.n_train),
+        _label_jitter_scale(data, tc), _member_weights(config, data.n_train), tc.conditioning_l2,
     )
     loop = _Loop(compiled, ckpt, schedule, optimizer, model_dir, tc)
     if resume:
