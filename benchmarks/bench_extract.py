@@ -84,12 +84,37 @@ def raw_read(files: list[Path], step_size: int) -> tuple[int, int, float]:
     return n_read, n_sel, checksum
 
 
+def _time_sides(
+    files: list[Path], cfg: Any, chunksize: int, repeats: int, workers: int
+) -> tuple[dict[str, list[float]], int, int]:
+    """Seconds per repeat of the plain uproot read and of ``extract`` on each executor, and the
+    events read and selected (the same on every side, or an error)."""
+    from fedhex_hep.extraction.runner import extract
+
+    timings: dict[str, list[float]] = {"raw_uproot": [], "iterative": [], "futures": []}
+    read = selected = 0
+    for _ in range(repeats):
+        # interleave, so machine load affects both sides alike
+        t0 = time.perf_counter()
+        read, selected, _ = raw_read(files, chunksize)
+        timings["raw_uproot"].append(time.perf_counter() - t0)
+        for executor in ("iterative", "futures"):
+            t0 = time.perf_counter()
+            fs = extract(cfg, executor=executor, workers=workers, progress=False)
+            timings[executor].append(time.perf_counter() - t0)
+            if fs.metadata["cutflow"]["read"] != read or len(fs) + fs.metadata["nonfinite"]["dropped_events"] != selected:
+                raise RuntimeError(
+                    f"{executor}: extract read {fs.metadata['cutflow']['read']} / selected "
+                    f"{len(fs)} but the raw read gives {read} / {selected}"
+                )
+    return timings, read, selected
+
+
 def run(n_events: int = 1_000_000, repeats: int = 1, workers: int = 2, compression: str = "lzma",
         workdir: str | Path | None = None, keep: bool = False, chunksize: int = 200_000) -> dict[str, Any]:
     """Run the benchmark; returns a dict of events/s (median over ``repeats``) and ratios."""
     import fedhex_hep
     from fedhex_hep.config import load_config
-    from fedhex_hep.extraction.runner import extract
 
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedhex_bench_extract_"))
     try:
@@ -103,24 +128,7 @@ def run(n_events: int = 1_000_000, repeats: int = 1, workers: int = 2, compressi
                 "input.chunksize": chunksize,
             }
         )
-        timings: dict[str, list[float]] = {"raw_uproot": [], "iterative": [], "futures": []}
-        read = selected = None
-        for _ in range(repeats):
-            # interleave, so machine load affects both sides alike
-            t0 = time.perf_counter()
-            n_read, n_sel, _ = raw_read(files, chunksize)
-            timings["raw_uproot"].append(time.perf_counter() - t0)
-            read, selected = n_read, n_sel
-            for executor in ("iterative", "futures"):
-                t0 = time.perf_counter()
-                fs = extract(cfg, executor=executor, workers=workers, progress=False)
-                timings[executor].append(time.perf_counter() - t0)
-                if fs.metadata["cutflow"]["read"] != n_read or len(fs) + fs.metadata["nonfinite"]["dropped_events"] != n_sel:
-                    raise RuntimeError(
-                        f"{executor}: extract read {fs.metadata['cutflow']['read']} / selected "
-                        f"{len(fs)} but the raw read gives {n_read} / {n_sel}"
-                    )
-        assert read is not None and selected is not None
+        timings, read, selected = _time_sides(files, cfg, chunksize, repeats, workers)
         median = {k: statistics.median(v) for k, v in timings.items()}
         rate = {k: read / v for k, v in median.items()}
         result = {

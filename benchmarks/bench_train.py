@@ -113,6 +113,41 @@ def _ours(fs: Any, cfg: Any, workdir: Path) -> dict[str, Any]:
     return {"total_s": total, "val_loss": float(rows[-1]["val_loss"]), "epoch_times": info["epoch_seconds"]}
 
 
+def _nll_layer(flow: Any, tfp_log_prob: bool) -> Any:
+    """A Keras layer (z, c) -> -log p(z | c), through TFP's density or ``ConditionalFlow.log_prob``."""
+    import tf_keras
+
+    class FlowNLL(tf_keras.layers.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flow = flow
+            self.made = list(flow.module.networks)  # tracked -> trainable weights of the model
+
+        def call(self, inputs: Any) -> Any:
+            z, c = inputs
+            if tfp_log_prob:
+                lp = self.flow.distribution.log_prob(z, bijector_kwargs=self.flow._kwargs(c))
+            else:
+                lp = self.flow.log_prob(z, c)
+            return -lp[:, None]
+
+    return FlowNLL()
+
+
+def _epoch_timer(times: list[float]) -> Any:
+    """A Keras callback appending each epoch's wall time (s) to ``times``."""
+    import tf_keras
+
+    class Timer(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self.t0)
+
+    return Timer()
+
+
 def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
     """The reference implementation: a Keras functional model whose output is -log_prob, model.fit.
 
@@ -128,25 +163,9 @@ def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
     data = prepare(fs, cfg)
     tc = cfg.training
     flow = build_flow(cfg.model, data.z_train.shape[1], data.c_train.shape[1], seed=tc.seed)
-
-    class FlowNLL(tf_keras.layers.Layer):
-        def __init__(self, flow: Any) -> None:
-            super().__init__()
-            self.flow = flow
-            self.tfp_log_prob = tfp_log_prob
-            self.made = list(flow.module.networks)  # tracked -> trainable weights of the model
-
-        def call(self, inputs: Any) -> Any:
-            z, c = inputs
-            if self.tfp_log_prob:
-                lp = self.flow.distribution.log_prob(z, bijector_kwargs=self.flow._kwargs(c))
-            else:
-                lp = self.flow.log_prob(z, c)
-            return -lp[:, None]
-
     z_in = tf_keras.Input(shape=(data.z_train.shape[1],))
     c_in = tf_keras.Input(shape=(data.c_train.shape[1],))
-    model = tf_keras.Model([z_in, c_in], FlowNLL(flow)([z_in, c_in]))
+    model = tf_keras.Model([z_in, c_in], _nll_layer(flow, tfp_log_prob)([z_in, c_in]))
     steps = int(np.ceil(data.n_train / tc.batch_size))
     schedule = tf_keras.optimizers.schedules.PolynomialDecay(
         tc.learning_rate, tc.decay_epochs * steps, tc.final_learning_rate, power=1.0
@@ -154,13 +173,6 @@ def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
     # The same optimizer settings as train(): Adam, the same schedule, the same global-norm clipping.
     optimizer = tf_keras.optimizers.Adam(schedule, global_clipnorm=tc.clip_norm if tc.clip_norm > 0 else None)
     model.compile(optimizer=optimizer, loss=lambda _, nll: tf.reduce_mean(nll))
-
-    class Timer(tf_keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            times.append(time.perf_counter() - self.t0)
 
     times: list[float] = []
     tf.random.set_seed(tc.seed)
@@ -173,7 +185,7 @@ def _keras_fit(fs: Any, cfg: Any, tfp_log_prob: bool = True) -> dict[str, Any]:
         epochs=tc.epochs,
         shuffle=True,
         verbose=0,
-        callbacks=[Timer()],
+        callbacks=[_epoch_timer(times)],
     )
     total = time.perf_counter() - t0
     return {"total_s": total, "val_loss": float(hist.history["val_loss"][-1]), "epoch_times": times,
