@@ -65,6 +65,38 @@ def test_names_and_value_format():
     assert hist_name("phi", LABELS, [1870.0, 9.025]) == "h_phi__labelphi_1870__labelomega_9p025"
 
 
+def _check_point_histograms(f, fs, point, edges_phi):
+    """The TH1Ds and the TH2D of one mass point, read by ROOT, against the FeatureSet."""
+    mask = fs.mask_label(point)
+    w = fs.weights[mask]
+    phi = fs.column("phi")[mask]
+    omega = fs.column("omega")[mask]
+    h = f.Get(hist_name("phi", LABELS, point))
+    assert h.ClassName() == "TH1D"
+    assert h.GetNbinsX() == 50
+    assert h.GetXaxis().GetXmin() == pytest.approx(edges_phi[0])
+    assert h.GetXaxis().GetTitle() == "phi [GeV]"
+    inside = (phi >= edges_phi[0]) & (phi < edges_phi[-1])
+    assert h.Integral() == pytest.approx(w[inside].sum(), rel=1e-12)
+    # Sumw2 errors: sqrt(sum w^2) per bin, checked in the fullest bin
+    counts, _ = np.histogram(phi, bins=edges_phi, weights=w**2)
+    b = int(np.argmax(counts))
+    assert h.GetSumw2N() > 0
+    assert h.GetBinError(b + 1) == pytest.approx(np.sqrt(counts[b]), rel=1e-12)
+    # under/overflow preserved: total incl. flow bins is the sum of all weights
+    assert h.Integral(0, h.GetNbinsX() + 1) == pytest.approx(w.sum(), rel=1e-12)
+
+    h_om = f.Get(hist_name("omega", LABELS, point))
+    assert h_om.GetNbinsX() == 5 and h_om.GetXaxis().GetXbins().GetSize() == 6  # variable edges
+
+    name2 = "h2_phi_vs_omega__" + hist_name("x", LABELS, point)[len("h_x__") :]
+    h2 = f.Get(name2)
+    assert h2.ClassName() == "TH2D"
+    in2 = inside & (omega >= 0) & (omega < 16)
+    assert h2.Integral() == pytest.approx(w[in2].sum(), rel=1e-12)
+    assert h2.GetYaxis().GetTitle() == "omega [GeV]"
+
+
 def test_root_file_read_by_root(tmp_path, root):
     fs = make_featureset()
     path = export_root(fs, tmp_path / "mc.root", bins={"phi": 50, "omega": [0, 1, 2, 4, 8, 16]}, extra_meta={"note": "t"})
@@ -86,34 +118,7 @@ def test_root_file_read_by_root(tmp_path, root):
 
     edges_phi = resolve_binning(fs, {"phi": 50})["phi"]
     for point in POINTS:
-        mask = fs.mask_label(point)
-        w = fs.weights[mask]
-        phi = fs.column("phi")[mask]
-        omega = fs.column("omega")[mask]
-        h = f.Get(hist_name("phi", LABELS, point))
-        assert h.ClassName() == "TH1D"
-        assert h.GetNbinsX() == 50
-        assert h.GetXaxis().GetXmin() == pytest.approx(edges_phi[0])
-        assert h.GetXaxis().GetTitle() == "phi [GeV]"
-        inside = (phi >= edges_phi[0]) & (phi < edges_phi[-1])
-        assert h.Integral() == pytest.approx(w[inside].sum(), rel=1e-12)
-        # Sumw2 errors: sqrt(sum w^2) per bin, checked in the fullest bin
-        counts, _ = np.histogram(phi, bins=edges_phi, weights=w**2)
-        b = int(np.argmax(counts))
-        assert h.GetSumw2N() > 0
-        assert h.GetBinError(b + 1) == pytest.approx(np.sqrt(counts[b]), rel=1e-12)
-        # under/overflow preserved: total incl. flow bins is the sum of all weights
-        assert h.Integral(0, h.GetNbinsX() + 1) == pytest.approx(w.sum(), rel=1e-12)
-
-        h_om = f.Get(hist_name("omega", LABELS, point))
-        assert h_om.GetNbinsX() == 5 and h_om.GetXaxis().GetXbins().GetSize() == 6  # variable edges
-
-        name2 = "h2_phi_vs_omega__" + hist_name("x", LABELS, point)[len("h_x__") :]
-        h2 = f.Get(name2)
-        assert h2.ClassName() == "TH2D"
-        in2 = inside & (omega >= 0) & (omega < 16)
-        assert h2.Integral() == pytest.approx(w[in2].sum(), rel=1e-12)
-        assert h2.GetYaxis().GetTitle() == "omega [GeV]"
+        _check_point_histograms(f, fs, point, edges_phi)
 
     # metadata readable by ROOT as TObjString holding JSON
     meta = {key: str(f.Get(f"meta/{key}").GetString()) for key in ("config", "version", "source", "binning", "extra")}
