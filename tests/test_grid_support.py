@@ -7,6 +7,7 @@ import doctest
 import numpy as np
 
 import fedhex_hep.generation.grid_support as grid_support
+from fedhex_hep.config import load_config
 from fedhex_hep.generation.grid_support import missing_corners, sparse_cell_message
 
 #: a complete 3 x 3 lattice of (m_Phi, m_omega) in GeV
@@ -56,5 +57,8 @@ def test_one_message_counts_the_points_and_names_the_first() -> None:
     assert message.startswith("4 of 5 mass points (mphi, momega) lie in grid cells with corners that have no training MC")
     assert "(2500, 3) lacks (3000, 4); (2600, 3.5) lacks (3000, 4); (2700, 3) lacks (3000, 4); and 1 more." in message
     assert "(1500, 1.5)" not in message
+    # the remedy it names is a real config key with a valid value
+    assert message.endswith("train with training.conditioning_l2 = 0.01, which steadies such cells")
+    assert load_config(overrides={"training.conditioning_l2": 0.01}).training.conditioning_l2 == 0.01
     assert sparse_cell_message(HOLED, points[1:2], NAMES) is None
     assert sparse_cell_message(np.zeros((0, 2)), points, NAMES) is None

@@ -115,7 +115,8 @@ def sparse_cell_message(grid: np.ndarray, points: np.ndarray, label_names: Seque
     return (
         f"{len(gaps)} of {len(points)} mass points ({', '.join(label_names)}) lie in grid cells with "
         f"corners that have no training MC: {named}{more}. The flow bridges a gap wider than the grid "
-        "spacing there; check its closure nearby (fedhex-hep validate) or add MC at those corners"
+        "spacing there; check its closure nearby (fedhex-hep validate), add MC at those corners, or "
+        "train with training.conditioning_l2 = 0.01, which steadies such cells"
     )
 
 
