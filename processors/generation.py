@@ -165,15 +165,16 @@ def write_points_file(path: str | os.PathLike, points: np.ndarray, label_names: 
     return Path(path)
 
 
-def _read_model_files(model_path: Path) -> tuple[Any, dict[str, Any]]:
-    """Configuration and training info of a model directory (no TensorFlow)."""
-    from fedhex_hep.model.storage import ModelDirError, read_model_files
+def _read_model_files(model_path: Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """Configuration, training grid points and label ranges of a model directory (no TensorFlow)."""
+    from fedhex_hep.model.storage import ModelDirError, read_model_files, training_grid
 
     try:
         config, _, info = read_model_files(model_path)
+        grid, label_ranges = training_grid(model_path, info)
     except ModelDirError as exc:
         raise GenerationProcessorError(str(exc)) from None
-    return config, info
+    return config, grid, label_ranges
 
 
 def _as_axis(feature: str, spec: Any) -> Any:
@@ -276,12 +277,11 @@ class FlowTemplateProcessor(processor.ProcessorABC):
         from fedhex_hep.generation.grid_support import warn_grid_support
 
         self.model_path = str(Path(model_path).resolve())
-        config, info = _read_model_files(Path(self.model_path))
+        config, grid, label_ranges = _read_model_files(Path(self.model_path))
         self.feature_names, self.label_names = config.feature_names, config.label_names
         self.points = _check_points(points, self.label_names)
         # once here, for every point; the chunks then generate without repeating it
-        grid = np.asarray(info.get("label_points", []), dtype=np.float64)
-        warn_grid_support(grid, info.get("label_ranges", {}), self.label_names, self.points, stacklevel=2)
+        warn_grid_support(grid, label_ranges, self.label_names, self.points, stacklevel=2)
         if int(n_events) < 1:
             raise GenerationProcessorError(f"n_events must be >= 1, got {n_events}")
         self.n_events = int(n_events)

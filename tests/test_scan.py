@@ -123,6 +123,20 @@ def test_processor_input_errors(model_dir, tmp_path):
         FlowTemplateProcessor(model_dir, pts, 10, {"x": [3.0, 2.0, 1.0]})
     with pytest.raises(GenerationProcessorError, match="does not exist"):
         FlowTemplateProcessor(tmp_path / "nomodel", pts, 10, BINS)
+    # a training grid that is not a table of points: named as the model loader names it
+    import json
+    import shutil
+
+    from fedhex_hep.config import load_config
+    from fedhex_hep.model.storage import write_checksums
+
+    bad = shutil.copytree(model_dir, tmp_path / "bad_grid")
+    info = json.loads((bad / "training.json").read_text())
+    info["label_points"] = [[1000.0, 2.0], [1500.0]]
+    (bad / "training.json").write_text(json.dumps(info))
+    write_checksums(bad, load_config(bad / "config.toml"))
+    with pytest.raises(GenerationProcessorError, match=r"training.json: bad 'label_points'"):
+        FlowTemplateProcessor(bad, pts, 10, BINS)
 
 
 def test_processor_is_light_to_pickle(model_dir):

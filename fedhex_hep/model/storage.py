@@ -35,7 +35,7 @@ from fedhex_hep.errors import FedhexError, one_line
 
 __all__ = [
     "ModelDirError", "TrainedModel", "load_model", "read_model_files", "read_json", "write_checksums",
-    "REQUIRED_FILES", "checkpoint_prefix",
+    "REQUIRED_FILES", "checkpoint_prefix", "training_grid",
 ]
 
 # Files every finished model directory holds (weights are checked separately).
@@ -172,6 +172,19 @@ def read_model_files(path: Path) -> tuple[Config, Preprocessor, dict[str, Any]]:
     return config, pre, info
 
 
+def training_grid(path: Path, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The training grid's mass points (n, n_labels) and per-label ranges from a model directory's
+    ``training.json`` (read as ``info`` by :func:`read_model_files`)."""
+    try:
+        points = np.asarray(info.get("label_points", []), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelDirError(f"{path / 'training.json'}: bad 'label_points' ({one_line(exc, 100)})") from None
+    ranges = info.get("label_ranges", {})
+    if not isinstance(ranges, dict):
+        raise ModelDirError(f"{path / 'training.json'}: 'label_ranges' must be an object")
+    return points, ranges
+
+
 def restore_flow_weights(flow: Any, prefix: Path) -> None:
     """Restore the flow's variables from a tf.train.Checkpoint prefix; every variable must match."""
     import tensorflow as tf
@@ -208,11 +221,5 @@ def load_model(path: str | Path, checkpoint: str | int | None = None) -> Trained
         if not prefix.parent.is_dir():
             raise ModelDirError(f"model directory {path} has no checkpoint {prefix.parent.name}")
     restore_flow_weights(flow, prefix)
-    try:
-        points = np.asarray(info.get("label_points", []), dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ModelDirError(f"{path / 'training.json'}: bad 'label_points' ({one_line(exc, 100)})") from None
-    ranges = info.get("label_ranges", {})
-    if not isinstance(ranges, dict):
-        raise ModelDirError(f"{path / 'training.json'}: 'label_ranges' must be an object")
+    points, ranges = training_grid(path, info)
     return TrainedModel(config=config, preprocessor=pre, flow=flow, path=path, training_label_points=points, label_ranges=ranges, info=info)
