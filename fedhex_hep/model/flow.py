@@ -13,8 +13,8 @@ labels c (n, L). It is a chain of ``tfb.MaskedAutoregressiveFlow`` blocks whose 
 
 The base distribution is a standard normal, or with ``base_components = K > 1`` a mixture of K
 diagonal Gaussians whose weights, means and (bounded) widths a small network computes from c:
-a component can then carry a sub-population whose fraction changes with the labels (merged
-prongs below a boost threshold, the missing-pi0 tail), which the blocks alone build poorly.
+a component can then carry a sub-population whose fraction changes with the labels (in the
+reference analysis, the omega decays with a missing pi0, reconstructed low in both masses).
 
 Fixed reversal permutations between blocks (no trainable or random state) keep save/load
 exact. Weights are initialised from a numpy generator seeded by ``seed``, so the same seed gives
