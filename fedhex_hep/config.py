@@ -112,6 +112,7 @@ class TrainingConfig:
     seed: int = 42
     label_jitter: dict[str, float] = field(default_factory=dict)
     label_jitter_spacing: float = 0.0
+    spline_label_jitter: dict[str, float] = field(default_factory=dict)
     min_steps_per_epoch: int = 0
     conditioning_l2: float = 0.0
 
@@ -189,6 +190,7 @@ _FREE_TABLES = {
     ("preprocessing", "labels"),
     ("generation", "ranges"),
     ("training", "label_jitter"),
+    ("training", "spline_label_jitter"),
     ("output", "binning"),
 }
 
@@ -519,10 +521,11 @@ def _check_tables(config: Config) -> None:
             )
         if not _finite(point):
             raise ConfigError(f"config key 'generation.labels[{i}]' must be finite numbers, got {point!r}")
-    for name, sd in config.training.label_jitter.items():
-        key = f"training.label_jitter.{name}"
-        _check_named(key, name, labels, "label")
-        check_range(key, sd, 0.0, _LABEL_JITTER_MAX)
+    for table in ("label_jitter", "spline_label_jitter"):
+        for name, sd in getattr(config.training, table).items():
+            key = f"training.{table}.{name}"
+            _check_named(key, name, labels, "label")
+            check_range(key, sd, 0.0, _LABEL_JITTER_MAX)
     for name, bounds in config.generation.ranges.items():
         key = f"generation.ranges.{name}"
         _check_named(key, name, features, "feature")

@@ -44,6 +44,8 @@ def test_defaults_match_reference_analysis():
         ({"training.label_jitter": {"labelphi": float("nan")}}, "'training.label_jitter.labelphi' must be a finite"),
         ({"training.label_jitter": {"labelphi": "10%"}}, "'training.label_jitter.labelphi' must be a number, got str"),
         ({"training.label_jitter": {"labelphi": True}}, "'training.label_jitter.labelphi' must be a number, got bool"),
+        ({"training.spline_label_jitter": {"labelomeg": 0.1}}, "no label named 'labelomeg' (did you mean 'labelomega'?)"),
+        ({"training.spline_label_jitter": {"labelphi": 11}}, "'training.spline_label_jitter.labelphi' must be a finite number in [0, 10]"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
@@ -82,6 +84,7 @@ def test_user_feature_table_replaces_default_and_drops_default_preprocessing():
     assert load_config().training.label_jitter == {}
     assert load_config().training.label_jitter_spacing == cfg.training.label_jitter_spacing > 0
     assert cfg.training.label_jitter == {}
+    assert cfg.training.spline_label_jitter == {}
     own = config_from_dict({"input": {"labels": {"m": "mass_point"}}, "training": {"label_jitter": {"m": 0.2}}})
     assert own.training.label_jitter == {"m": 0.2}
     assert load_config(overrides=dict([parse_override("training.label_jitter={}")])).training.label_jitter == {}

@@ -61,7 +61,7 @@ def _leaves(node: Any, prefix: str = "") -> list[str]:
 
 CONFIG_KEYS = sorted(set(_leaves(tomllib.loads(default_config_text()))) | {
     "model.hidden_units", "generation.labels", "generation.ranges.phi", "training.label_jitter.labelomega",
-    "preprocessing.features.phi.bounds", "input.features._entry", "input.labels.weight",
+    "training.spline_label_jitter.labelomega", "preprocessing.features.phi.bounds", "input.features._entry", "input.labels.weight",
 })
 NASTY = [
     math.nan, math.inf, -math.inf, 0, 0.0, -0.0, -1, -1.5, 1, 10**18, -(10**18), 2**63 - 1, 1e308, -1e308, 5e-324,

@@ -113,7 +113,10 @@ RATIO_LABEL = {"preprocessing.labels": {"gphi": {"transform": "log"}, "gomega": 
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, RATIO_LABEL, {"training.conditioning_l2": 0.01}], ids=["log-labels", "mass-ratio-label", "conditioning-l2"]
+    "extra",
+    [{}, RATIO_LABEL, {"training.conditioning_l2": 0.01},
+     {"model.spline_blocks": 1, "training.spline_label_jitter": {"gphi": 0.2}}],
+    ids=["log-labels", "mass-ratio-label", "conditioning-l2", "spline-label-jitter"],
 )
 def test_resume_equals_uninterrupted(tmp_path: Path, extra: dict) -> None:
     fs = toy_featureset()
@@ -402,9 +405,9 @@ def test_label_jitter_smears_only_the_named_label_by_the_asked_sd(tmp_path: Path
     seen: list[np.ndarray] = []
     original = train_module._batch_loss
 
-    def spy(flow, z, c, w, member_w=None):
+    def spy(flow, z, c, w, member_w=None, spline_c=None):
         tf.py_function(lambda x: seen.append(x.numpy()) or 0, [c], tf.int32)
-        return original(flow, z, c, w, member_w)
+        return original(flow, z, c, w, member_w, spline_c)
 
     monkeypatch.setattr(train_module, "_batch_loss", spy)
     fs = toy_featureset()
@@ -427,6 +430,36 @@ def test_label_jitter_smears_only_the_named_label_by_the_asked_sd(tmp_path: Path
     train(fs, cfg, tmp_path / "again", progress=False)
     for a, b in zip(_final_weights(tmp_path / "jitter"), _final_weights(tmp_path / "again")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_spline_label_jitter_smears_the_spline_blocks_labels_only(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spline blocks see gphi smeared by 5% (log label), gomega as it is; the other blocks
+    # and the base see the grid's labels (the toy config has no label jitter).
+    import fedhex_hep.model.training as train_module
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    original = train_module._batch_loss
+
+    def spy(flow, z, c, w, member_w=None, spline_c=None):
+        tf.py_function(lambda a, b: seen.append((a.numpy(), b.numpy())) or 0, [c, spline_c], tf.int32)
+        return original(flow, z, c, w, member_w, spline_c)
+
+    monkeypatch.setattr(train_module, "_batch_loss", spy)
+    fs = toy_featureset()
+    cfg = toy_config(**{"model.spline_blocks": 1, "training.epochs": 2, "training.decay_epochs": 2,
+                        "training.spline_label_jitter": {"gphi": 0.05}})
+    train(fs, cfg, tmp_path / "m", progress=False)
+    c = np.concatenate([a for a, _ in seen])
+    spline_c = np.concatenate([b for _, b in seen])
+    pre = prepare(fs, cfg).preprocessor
+    grid = pre.transform_labels(np.array([[m, 2.0] for m in (1000.0, 1500.0, 2000.0)]))[:, 0]
+    assert np.min(np.abs(c[:, 0, None] - grid[None, :]), axis=1).max() < 1e-6
+    offset = spline_c - c
+    assert np.std(offset[:, 0]) == pytest.approx(0.05 / pre.label_params[0].std, rel=0.1)
+    assert abs(np.mean(offset[:, 0])) < 0.01
+    assert np.all(offset[:, 1] == 0)
+    assert train_module._spline_jitter_scale(prepare(fs, toy_config()), toy_config().training).tolist() == [0.0, 0.0]
 
 
 def test_label_jitter_spacing_follows_each_labels_grid_gap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -302,16 +302,22 @@ class ConditionalFlow(_FlowBase):
             if isinstance(layer, tf_keras.layers.Dense) and not layer.use_bias
         ]
 
-    def training_log_prob(self, z: Any, c: Any) -> Any:
+    def training_log_prob(self, z: Any, c: Any, spline_c: Any = None) -> Any:
         """The per-event log-likelihood that training maximises (the density itself here)."""
-        return self.log_prob(z, c)
+        return self.log_prob(z, c, spline_c)
 
-    def _kwargs(self, c: Any) -> dict[str, dict[str, Any]]:
-        return {name: {"conditional_input": c} for name in self._names}
+    def _kwargs(self, c: Any, spline_c: Any = None) -> dict[str, dict[str, Any]]:
+        shape_c = c if spline_c is None else spline_c
+        return {name: {"conditional_input": shape_c if self.config.is_spline_block(i) else c}
+                for i, name in enumerate(self._names)}
 
     # -- density and sampling --------------------------------------------------------------
-    def log_prob(self, z: Any, c: Any) -> Any:
+    def log_prob(self, z: Any, c: Any, spline_c: Any = None) -> Any:
         """log p(z | c) per event, shape (n,). z: (n, F), c: (n, L).
+
+        ``spline_c`` (n, L), optional: the labels the spline blocks see instead of c (training
+        smears them further, ``training.spline_label_jitter``); the affine blocks and the base
+        see c.
 
         Same density as ``self.distribution.log_prob`` (equal to float rounding; with a mixture
         base, that of the chain's inverse and log-det-Jacobian plus ``base_log_prob``), in
@@ -324,8 +330,9 @@ class ConditionalFlow(_FlowBase):
         """
         z = tf.convert_to_tensor(z, tf.float32)
         c = tf.convert_to_tensor(c, tf.float32)
+        shape_c = c if spline_c is None else tf.convert_to_tensor(spline_c, tf.float32)
         if self._inner_fns is None:
-            kwargs = self._kwargs(c)
+            kwargs = self._kwargs(c, shape_c)
             ildj = self.bijector.inverse_log_det_jacobian(z, event_ndims=1, **kwargs)
             return self.base_log_prob(self.bijector.inverse(z, **kwargs), c) + ildj
         x, ildj = z, tf.zeros(tf.shape(z)[:-1], tf.float32)
@@ -336,7 +343,7 @@ class ConditionalFlow(_FlowBase):
                 x = bijector.inverse(x)
                 continue
             if isinstance(inner_fn, _SplineBlock):
-                x, block_ildj = inner_fn.inverse_and_log_det(x, c)
+                x, block_ildj = inner_fn.inverse_and_log_det(x, shape_c)
                 ildj = ildj + block_ildj
                 continue
             # The very bijector TFP would build from the network's output, used for both.
@@ -402,20 +409,20 @@ class EnsembleFlow(_FlowBase):
         """Every member's ``conditioning_kernels``, member by member."""
         return [k for m in self.members for k in m.conditioning_kernels()]
 
-    def member_log_probs(self, z: Any, c: Any) -> Any:
-        """log p_k(z | c) of every member, shape (K, n)."""
+    def member_log_probs(self, z: Any, c: Any, spline_c: Any = None) -> Any:
+        """log p_k(z | c) of every member, shape (K, n); ``spline_c`` as in ConditionalFlow.log_prob."""
         z = tf.convert_to_tensor(z, tf.float32)
         c = tf.convert_to_tensor(c, tf.float32)
-        return tf.stack([m.log_prob(z, c) for m in self.members])
+        return tf.stack([m.log_prob(z, c, spline_c) for m in self.members])
 
     def log_prob(self, z: Any, c: Any) -> Any:
         """log of the mixture density, log(mean_k p_k(z | c)), shape (n,)."""
         k = float(len(self.members))
         return tf.reduce_logsumexp(self.member_log_probs(z, c), axis=0) - tf.math.log(k)
 
-    def training_log_prob(self, z: Any, c: Any) -> Any:
+    def training_log_prob(self, z: Any, c: Any, spline_c: Any = None) -> Any:
         """Mean of the members' log-densities: maximising it fits every member independently."""
-        return tf.reduce_mean(self.member_log_probs(z, c), axis=0)
+        return tf.reduce_mean(self.member_log_probs(z, c, spline_c), axis=0)
 
     def _sample_graph(self, c: Any, seed: Any) -> Any:
         # Each member samples its own equal share of the rows (q = n // K), at positions picked

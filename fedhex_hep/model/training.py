@@ -99,19 +99,19 @@ def versions() -> dict[str, str]:
     }
 
 
-def _batch_loss(flow: Any, z: Any, c: Any, w: Any, member_w: Any = None) -> Any:
+def _batch_loss(flow: Any, z: Any, c: Any, w: Any, member_w: Any = None, spline_c: Any = None) -> Any:
     """Weighted mean negative log-likelihood of one batch (module level so tests can patch it).
 
     For an ensemble, the mean of its members' NLLs (each member fitted on its own); with
     ``member_w`` (n, K), member k's events are weighted by ``w * member_w[:, k]`` (its bootstrap
-    replica).
+    replica). ``spline_c``: the labels the spline blocks see (see ConditionalFlow.log_prob).
     """
     import tensorflow as tf
 
     if member_w is None:
-        nll = -flow.training_log_prob(z, c)
+        nll = -flow.training_log_prob(z, c, spline_c)
         return tf.reduce_sum(w * nll) / tf.reduce_sum(w)
-    nll = -flow.member_log_probs(z, c)  # (K, n)
+    nll = -flow.member_log_probs(z, c, spline_c)  # (K, n)
     weights = w[None, :] * tf.transpose(member_w)
     per_member = tf.reduce_sum(weights * nll, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1e-12)
     return tf.reduce_mean(per_member)
@@ -192,6 +192,7 @@ class _Compiled:
         label_jitter: np.ndarray | None = None,
         member_weights: np.ndarray | None = None,
         conditioning_l2: float = 0.0,
+        spline_jitter: np.ndarray | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -202,9 +203,9 @@ class _Compiled:
         self.conditioning_l2 = float(conditioning_l2)
         self.conditioning_kernels = flow.conditioning_kernels() if self.conditioning_l2 > 0 else []
         # per conditioning column, in standardised units; None: the labels are used as they are
-        self.label_jitter = (
-            tf.constant(label_jitter, dtype=tf.float32) if label_jitter is not None and np.any(label_jitter > 0) else None
-        )
+        self.label_jitter = _jitter_tensor(label_jitter)
+        # the spline blocks' extra smearing, on top of label_jitter (None: they see the same labels)
+        self.spline_jitter = _jitter_tensor(spline_jitter)
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.steps = max(1, data.n_train // batch_size)
@@ -226,12 +227,16 @@ class _Compiled:
         def body(i: Any, total: Any) -> tuple[Any, Any]:
             idx = perm[i * bs : (i + 1) * bs]
             z, c, w = tf.gather(self.z, idx), tf.gather(self.c, idx), tf.gather(self.w, idx)
+            seed = tf.stack([noise_seed, i])
             if self.label_jitter is not None:
-                noise = tf.random.stateless_normal(tf.shape(c), seed=tf.stack([noise_seed, i]), dtype=c.dtype)
-                c = c + noise * self.label_jitter
+                c = c + tf.random.stateless_normal(tf.shape(c), seed=seed, dtype=c.dtype) * self.label_jitter
+            spline_c = None
+            if self.spline_jitter is not None:
+                extra = tf.random.stateless_normal(tf.shape(c), seed=tf.random.experimental.stateless_fold_in(seed, 1))
+                spline_c = c + extra * self.spline_jitter
             member_w = None if self.member_w is None else tf.gather(self.member_w, idx)
             with tf.GradientTape() as tape:
-                loss = _batch_loss(self.flow, z, c, w, member_w)
+                loss = _batch_loss(self.flow, z, c, w, member_w, spline_c)
                 # the loss is the members' mean NLL; times K, each member gets the gradient
                 # of its own NLL, exactly as when trained alone
                 scaled = loss * float(len(self.flow.variable_groups)) + self._conditioning_penalty()
@@ -303,6 +308,25 @@ def _member_weights(config: Config, n_train: int) -> np.ndarray | None:
     if k < 2 or not config.model.bootstrap:
         return None
     return bootstrap_weights(n_train, k, config.training.seed)
+
+
+def _jitter_tensor(sd: np.ndarray | None) -> Any:
+    """The per-column smearing sd as a float32 constant, or None where no column is smeared."""
+    import tensorflow as tf
+
+    return tf.constant(sd, dtype=tf.float32) if sd is not None and np.any(sd > 0) else None
+
+
+def _spline_jitter_scale(data: PreparedData, tc: Any) -> np.ndarray:
+    """The spline blocks' extra smearing sd per conditioning column, in standardised units.
+
+    ``training.spline_label_jitter[name]`` is in the label's transformed units (for a "log"
+    label: relative); labels without an entry get none.
+    """
+    return np.array(
+        [float(tc.spline_label_jitter.get(p.name, 0.0)) / p.std for p in data.preprocessor.label_params],
+        dtype=np.float32,
+    )
 
 
 def _label_jitter_scale(data: PreparedData, tc: Any) -> np.ndarray:
@@ -598,6 +622,7 @@ def train(
     compiled = _Compiled(
         flow, optimizer, data, batch_size, JIT_COMPILE and config.model.kind == "maf", tc.clip_norm,
         _label_jitter_scale(data, tc), _member_weights(config, data.n_train), tc.conditioning_l2,
+        _spline_jitter_scale(data, tc),
     )
     loop = _Loop(compiled, ckpt, schedule, optimizer, model_dir, tc)
     if resume:
