@@ -186,9 +186,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypat
     counter = tf.Variable(0, dtype=tf.int64)
     original = train_module._batch_loss
 
-    def poisoned(flow, z, c, w, member_w=None):  # the loss turns NaN during epoch 3
+    def poisoned(flow, z, c, w, member_w=None, spline_c=None):  # the loss turns NaN during epoch 3
         counter.assign_add(1)
-        loss = original(flow, z, c, w, member_w)
+        loss = original(flow, z, c, w, member_w, spline_c)
         return tf.where(counter > 2 * steps_per_epoch + 1, tf.constant(np.nan, tf.float32), loss)
 
     monkeypatch.setattr(train_module, "_batch_loss", poisoned)
@@ -320,7 +320,7 @@ def test_bootstrap_loss_weights_each_member_by_its_own_replica() -> None:
     log_probs = rng.normal(size=(3, 50)).astype(np.float32)  # (K, n)
 
     class _Members:
-        def member_log_probs(self, z, c):
+        def member_log_probs(self, z, c, spline_c=None):
             return tf.constant(log_probs)
 
     w = rng.uniform(0.5, 2.0, size=50).astype(np.float32)
