@@ -7,9 +7,10 @@ moment morphing, with the scenario suite's done-when checks (``scenarios.verdict
 
 ``HEAVY`` is an equal-weight mixture of 3 flows on a standard normal base, conditioned on
 log m_Phi and log m_omega, batch 1024, learning rate 1e-3 decaying to 1e-5 over 300 epochs,
-10% m_Phi jitter. It can be trained for fewer epochs than its 300 (``--heavy-epochs``) on the
-SAME schedule; its training time is then extrapolated linearly to 300 epochs from the measured
-seconds per epoch (the report says so), and its scores are those of the shorter run.
+10% m_Phi jitter, the same for every block. It can be trained for fewer epochs than its 300
+(``--heavy-epochs``) on the SAME schedule; its training time is then extrapolated linearly to
+300 epochs from the measured seconds per epoch (the report says so), and its scores are those
+of the shorter run.
 
     python benchmarks/bench_defaults.py --out output/bench_defaults [--scenario coarse] [--heavy-epochs 300]
 
@@ -47,6 +48,7 @@ HEAVY: dict[str, Any] = {
     "training.final_learning_rate": 1e-5,
     "training.label_jitter": {"labelphi": 0.1},
     "training.label_jitter_spacing": 0.0,
+    "training.spline_label_jitter": {},
     "training.conditioning_l2": 0.0,
 }
 

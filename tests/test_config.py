@@ -85,9 +85,12 @@ def test_user_feature_table_replaces_default_and_drops_default_preprocessing():
     assert load_config().training.label_jitter_spacing == cfg.training.label_jitter_spacing > 0
     assert cfg.training.label_jitter == {}
     assert cfg.training.spline_label_jitter == {}
+    assert load_config().training.spline_label_jitter == {"labelphi": 0.3}
     own = config_from_dict({"input": {"labels": {"m": "mass_point"}}, "training": {"label_jitter": {"m": 0.2}}})
     assert own.training.label_jitter == {"m": 0.2}
     assert load_config(overrides=dict([parse_override("training.label_jitter={}")])).training.label_jitter == {}
+    no_spline = load_config(overrides=dict([parse_override("training.spline_label_jitter={}")]))
+    assert no_spline.training.spline_label_jitter == {}
 
 
 def test_dotted_override_changes_one_entry_of_a_named_table(tmp_path):
