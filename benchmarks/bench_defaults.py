@@ -37,6 +37,7 @@ import scenarios  # noqa: E402
 
 HEAVY: dict[str, Any] = {
     "model.ensemble": 3,
+    "model.hidden_units": [64, 64],
     "model.base_components": 1,
     "model.bootstrap": False,
     "preprocessing.labels.labelomega.relative_to": "",

@@ -130,7 +130,7 @@ def test_huge_hidden_units_refused_by_the_config():
 
 def test_model_too_large_for_memory_refused_before_work(tmp_path):
     cfg = load_config(overrides={"model.hidden_units": [1000000, 1000000]})
-    with pytest.raises(MemoryLimitError, match=r"training 1 x 5 blocks of hidden_units \[1000000, 1000000\] .* needs about "
+    with pytest.raises(MemoryLimitError, match=rf"training {cfg.model.ensemble} x 5 blocks of hidden_units \[1000000, 1000000\] .* needs about "
                        r"[0-9.]+ TiB of memory, more than the .* available; reduce model.hidden_units"):
         check_training(cfg)
     from fedhex_hep.model.training import train

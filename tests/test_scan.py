@@ -37,8 +37,9 @@ def _toy(n_per_point: int, seed: int):
     return feats, labels
 
 
-def train_toy_model(path: Path, ensemble: int = 1) -> Path:
-    """A really trained tiny flow, or ensemble of flows (2 features, 2 labels, 2 epochs), at ``path``."""
+def train_toy_model(path: Path, ensemble: int = 1, bootstrap: bool = True) -> Path:
+    """A really trained tiny flow, or ensemble of flows (2 features, 2 labels, 2 epochs; each
+    member on its own bootstrap replica unless ``bootstrap`` is False), at ``path``."""
     from fedhex_hep.config import config_from_dict
     from fedhex_hep.io.featureset import FeatureSet
     from fedhex_hep.model.training import train
@@ -46,7 +47,8 @@ def train_toy_model(path: Path, ensemble: int = 1) -> Path:
     cfg = config_from_dict(
         {
             "input": {"features": {f: f for f in FEATURES}, "labels": {lab: lab for lab in LABELS}},
-            "model": {"n_blocks": 1, "spline_blocks": 0, "hidden_units": [8], "ensemble": ensemble},
+            "model": {"n_blocks": 1, "spline_blocks": 0, "hidden_units": [8], "ensemble": ensemble,
+                      "bootstrap": bootstrap},
             "training": {"epochs": 2, "decay_epochs": 2, "checkpoint_every": 1, "patience": 0, "batch_size": 256},
         }
     )

@@ -171,6 +171,23 @@ def model_dir(tmp_path_factory) -> Path:
     return train_toy_model(tmp_path_factory.mktemp("templates") / "model", ensemble=2)
 
 
+def test_a_band_from_members_fitted_to_the_same_events_warns(tmp_path):
+    """Without bootstrap replicas the members' spread omits the grid's statistics: the scan says
+    so, and still writes the variations."""
+    import uproot
+
+    from fedhex_hep.generation.scan import run_scan
+    from fedhex_hep.generation.uncertainty import BandWithoutBootstrapWarning
+
+    same_events = train_toy_model(tmp_path / "model", ensemble=2, bootstrap=False)
+    with pytest.warns(BandWithoutBootstrapWarning, match=r"model\.bootstrap = false"):
+        scan = run_scan(same_events, "1200,3", 500, tmp_path / "scan.root", bins={"x": (12, 1050.0, 1450.0)},
+                        seed=6, progress=False, variations=True)
+    nominal = hist_name("x", LABELS, (1200.0, 3.0))
+    with uproot.open(scan) as f:
+        assert {variation_name(nominal, "interp", d) for d in ("Up", "Down")} <= {k.split(";")[0] for k in f.keys()}
+
+
 def _cli(*args: str):
     from typer.testing import CliRunner
 

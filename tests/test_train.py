@@ -54,11 +54,13 @@ def toy_config(**overrides: object) -> Config:
         "input.min_events_per_label": 0,
         **TINY_MODEL,
         "model.ensemble": 1,
+        "model.bootstrap": True,
         "training.epochs": 4,
         "training.decay_epochs": 4,
         "training.batch_size": 256,
         "training.checkpoint_every": 2,
         "training.patience": 5,
+        "training.validation_fraction": 0.2,
         "training.label_jitter_spacing": 0.0,
         "generation.labels": [[1500.0, 4.0]],
     }

@@ -77,6 +77,7 @@ import logging
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -396,6 +397,8 @@ def run_scan(
     model_dir = Path(model_dir).resolve()
     config = config or _model_config(model_dir)
     points = _as_points(points, config.label_names)
+    if variations:
+        _check_band_source(model_dir)
     eff = scan_efficiency(efficiency, model_dir, points, config.feature_names, config.label_names)
     norm = _Normalisation.check(yield_normalised, eff, xsec, lumi, points, model_dir, config)
     ranges = {k: tuple(v) for k, v in config.generation.ranges.items()} if ranges is None else ranges
@@ -601,6 +604,19 @@ def _scan_meta(config, model_dir, proc, collected, eff, norm, executor) -> dict[
         "efficiency": eff,
         "executor": executor,
     }
+
+
+def _check_band_source(model_dir: Path) -> None:
+    from fedhex_hep.generation.uncertainty import BandWithoutBootstrapWarning
+
+    model = _model_config(model_dir).model
+    if model.ensemble >= 2 and not model.bootstrap:
+        warnings.warn(
+            f"{model_dir}: model.bootstrap = false, so the ensemble members were fitted to the same events and "
+            "the interpolation band leaves out the training grid's statistical uncertainty; train with "
+            "model.bootstrap = true (and model.ensemble >= 3) for a band that holds it",
+            BandWithoutBootstrapWarning, stacklevel=3,
+        )
 
 
 def _n_members(model_dir: Path) -> int:

@@ -21,11 +21,16 @@ import numpy as np
 
 from fedhex_hep.errors import FedhexError
 
-__all__ = ["UncertaintyError", "band_scale", "interpolation_band", "band_coverage"]
+__all__ = ["UncertaintyError", "BandWithoutBootstrapWarning", "band_scale", "interpolation_band", "band_coverage"]
 
 
 class UncertaintyError(FedhexError, ValueError):
     """Templates that cannot be compared (different binning, empty reference); says which."""
+
+
+class BandWithoutBootstrapWarning(UserWarning):
+    """The ensemble's members were fitted to the same events (``model.bootstrap = false``): their
+    spread, and so the band, leaves out the statistical uncertainty of the training grid."""
 
 
 def band_scale(n_members: int) -> float:
