@@ -2,8 +2,8 @@
 
 For a scenario of :mod:`scenarios` (same grid and same fresh reference MC at its off-grid
 points), train ONE model: the default config with ``BAND_MODEL``'s changes (3 members, each on
-its own bootstrap replica of the events). At each held-out
-point, generate the nominal template and its band ``nominal +- band_scale(3) * std_k(member_k)`` exactly as
+its own bootstrap replica of the events). At each held-out point, generate the nominal
+template and its band ``nominal +- band_scale(3) * std_k(member_k)`` exactly as
 ``fedhex-hep generate --scan ... --variations`` does (:class:`FlowTemplateProcessor` with
 ``variations=True``), as many events as the reference holds there, on a fixed binning taken
 from the reference (``--bins`` bins per feature between the 0.1% and 99.9% quantiles of the

@@ -5,12 +5,12 @@ default ``coarse``) and scored at its off-grid points (smooth points and thresho
 against fresh reference MC of the simulator (classifier AUC, 2D chi2/ndf), next to robust
 moment morphing, with the scenario suite's done-when checks (``scenarios.verdict``).
 
-``HEAVY`` is an equal-weight mixture of 3 flows on a standard normal base, conditioned on
-log m_Phi and log m_omega, batch 1024, learning rate 1e-3 decaying to 1e-5 over 300 epochs,
-10% m_Phi jitter, the same for every block. It can be trained for fewer epochs than its 300
-(``--heavy-epochs``) on the SAME schedule; its training time is then extrapolated linearly to
-300 epochs from the measured seconds per epoch (the report says so), and its scores are those
-of the shorter run.
+``HEAVY`` is an equal-weight mixture of 3 flows of [64, 64] units on a standard normal base,
+conditioned on log m_Phi and log m_omega, batch 1024, learning rate 1e-3 decaying to 1e-5 over
+300 epochs, 10% m_Phi jitter, the same for every block. It can be trained for fewer epochs
+than its 300 (``--heavy-epochs``) on the SAME schedule; its training time is then extrapolated
+linearly to 300 epochs from the measured seconds per epoch (the report says so), and its scores
+are those of the shorter run.
 
     python benchmarks/bench_defaults.py --out output/bench_defaults [--scenario coarse] [--heavy-epochs 300]
 
