@@ -117,11 +117,17 @@ def run(name: str, out: Path, n_bins: int, reuse: bool) -> dict[str, Any]:
     return {"scenario": name, "train_seconds": train_s, "bins_per_feature": n_bins, "rows": rows}
 
 
+def _settings(overrides: dict[str, Any]) -> str:
+    """Config overrides as TOML assignments, `key = value`, ... (JSON spells these values as TOML does)."""
+    return ", ".join(f"`{key} = {json.dumps(value)}`" for key, value in overrides.items())
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """One table per scenario: coverage pooled over the features, and per feature."""
     lines = ["## Interpolation band coverage", ""]
     lines += [
-        f"One model per scenario with the default config and `model.ensemble = {ENSEMBLE}`, `model.bootstrap = true` (each member fitted to its own bootstrap replica of the events), `model.hidden_units = [64, 64]`, `training.validation_fraction = 0.2`, `training.batch_size = 4096`; at each held-out point the "
+        f"One model per scenario with the default config and {_settings(BAND_MODEL)} (each member fitted to its own "
+        "bootstrap replica of the events); at each held-out point the "
         "nominal template and its band (nominal +- band_scale(3) = 1.53 x the members' std per bin, a one-sigma prediction "
         "interval, as `generate --scan --variations`), "
         "as many events as the reference there, 1D templates per feature, in equal bins between the 0.1% and 99.9% quantiles of the point's reference. "
